@@ -1,0 +1,165 @@
+package cachetest_test
+
+import (
+	"net"
+	"strconv"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/pullthrough/pullthrough/cachetest"
+)
+
+func TestMain(m *testing.M) {
+	// http.DefaultTransport keeps idle connections to closed caches' gateways
+	// for a while; they are the client's, not a cache's.
+	goleak.VerifyTestMain(m,
+		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
+		goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
+		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
+	)
+}
+
+func TestPullThroughServesUpstreamDigestsAndWarmPullFetchesNothing(t *testing.T) {
+	up := newTestUpstream(t)
+	img := up.push(t, "library/app:v1", 1)
+	set := cachetest.New(t, cachetest.WithUpstreams(up.upstream("registry.test")))
+	c := set.Cache("registry.test")
+	ctx := testCtx(t)
+
+	got, err := pull(ctx, c, "library/app:v1")
+	require.NoError(t, err)
+	assert.Equal(t, digestOf(t, img), got)
+	assert.EqualValues(t, 4, up.blobGETs.Load(), "cold pull: 3 layers and a config from upstream")
+	cold := c.Stats()
+	assert.EqualValues(t, 5, cold.Misses, "manifest, config and three layers")
+	assert.Positive(t, cold.UpstreamBytes)
+
+	c.ResetStats()
+	up.blobGETs.Store(0)
+	up.total.Store(0)
+	got, err = pull(ctx, c, "library/app:v1")
+	require.NoError(t, err)
+	assert.Equal(t, digestOf(t, img), got)
+	assert.Zero(t, up.blobGETs.Load(), "warm pull made blob requests upstream")
+	assert.Zero(t, up.total.Load(), "warm pull within the tag TTL asked upstream")
+	warm := c.Stats()
+	assert.Zero(t, warm.UpstreamRequests)
+	assert.Zero(t, warm.Misses)
+	assert.EqualValues(t, 5, warm.Hits, "manifest, config and three layers")
+	assert.Positive(t, warm.ServedBytes)
+}
+
+func TestCloseThenStartOnSameStorageServesWarm(t *testing.T) {
+	up := newTestUpstream(t)
+	img := up.push(t, "app:v1", 2)
+	dir := t.TempDir()
+	ctx := testCtx(t)
+	opts := []cachetest.Option{cachetest.WithUpstreams(up.upstream("registry.test")), cachetest.WithStorageDir(dir)}
+
+	first, err := cachetest.Start(ctx, opts...)
+	require.NoError(t, err)
+	_, err = pull(ctx, first.Cache("registry.test"), "app:v1")
+	require.NoError(t, err)
+	require.NoError(t, first.Close())
+
+	up.blobGETs.Store(0)
+	up.total.Store(0)
+	second, err := cachetest.Start(ctx, opts...)
+	require.NoError(t, err)
+	defer second.Close()
+	got, err := pull(ctx, second.Cache("registry.test"), "app:v1")
+	require.NoError(t, err)
+	assert.Equal(t, digestOf(t, img), got)
+	assert.Zero(t, up.total.Load(), "a restarted cache asked upstream (tag TTL is kept in storage)")
+}
+
+func TestSevenCachesStartInParallel(t *testing.T) {
+	up := newTestUpstream(t)
+	up.push(t, "app:v1", 3)
+	var ups []cachetest.Upstream
+	for _, d := range cachetest.DefaultUpstreams() {
+		ups = append(ups, up.upstream(d.Host))
+	}
+	set := cachetest.New(t, cachetest.WithUpstreams(ups...))
+	require.Len(t, set.Caches(), 7)
+	ctx := testCtx(t)
+	var g errgroup.Group
+	for _, c := range set.Caches() {
+		g.Go(func() error { _, err := pull(ctx, c, "app:v1"); return err })
+	}
+	require.NoError(t, g.Wait())
+	ports := map[int]bool{}
+	for _, c := range set.Caches() {
+		ports[c.Port()] = true
+		assert.EqualValues(t, 5, c.Stats().Misses, c.Host())
+	}
+	assert.Len(t, ports, 7, "each cache has its own port")
+}
+
+// freePorts finds ports for fixed-port tests. Tests only: the OS could hand
+// a port out again before the test binds it.
+func freePorts(t *testing.T, n int) []int {
+	t.Helper()
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		defer l.Close()
+	}
+	return ports
+}
+
+func TestFailingStartLeavesNothingRunning(t *testing.T) {
+	up := newTestUpstream(t)
+	ports := freePorts(t, 7)
+	held, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(ports[3]))
+	require.NoError(t, err)
+	defer held.Close()
+	var ups []cachetest.Upstream
+	for i, d := range cachetest.DefaultUpstreams() {
+		u := up.upstream(d.Host)
+		u.Port = ports[i]
+		ups = append(ups, u)
+	}
+	_, err = cachetest.Start(testCtx(t), cachetest.WithUpstreams(ups...), cachetest.WithFixedPorts(),
+		cachetest.WithListenAddrs("127.0.0.1"), cachetest.WithStorageDir(t.TempDir()))
+	require.ErrorIs(t, err, cachetest.ErrPortInUse)
+	assert.ErrorContains(t, err, "gcr.io")
+	assert.ErrorContains(t, err, strconv.Itoa(ports[3]))
+	for i, p := range ports {
+		if i == 3 {
+			continue
+		}
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+		require.NoError(t, err, "port %d is still held after a failed start", p)
+		l.Close()
+	}
+	// goleak in TestMain proves no cache goroutine is left.
+}
+
+func TestFixedPortHeldByOwnCacheIsReused(t *testing.T) {
+	up := newTestUpstream(t)
+	img := up.push(t, "app:v1", 4)
+	u := up.upstream("registry.test")
+	u.Port = freePorts(t, 1)[0]
+	opts := []cachetest.Option{cachetest.WithUpstreams(u), cachetest.WithFixedPorts(), cachetest.WithListenAddrs("127.0.0.1")}
+	first := cachetest.New(t, opts...)
+	second := cachetest.New(t, opts...)
+	assert.False(t, first.Cache("registry.test").Reused())
+	assert.True(t, second.Cache("registry.test").Reused())
+	got, err := pull(testCtx(t), second.Cache("registry.test"), "app:v1")
+	require.NoError(t, err)
+	assert.Equal(t, digestOf(t, img), got)
+
+	other := up.upstream("other.test")
+	other.Port = u.Port
+	_, err = cachetest.Start(testCtx(t), cachetest.WithUpstreams(other), cachetest.WithFixedPorts(),
+		cachetest.WithListenAddrs("127.0.0.1"), cachetest.WithStorageDir(t.TempDir()))
+	require.ErrorIs(t, err, cachetest.ErrPortInUse)
+	assert.ErrorContains(t, err, "pullthrough cache for registry.test")
+}

@@ -1,0 +1,285 @@
+package cachetest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/pullthrough/pullthrough/internal/cache"
+)
+
+// Stats counts what one cache did; see the field docs.
+type Stats = cache.Stats
+
+// Set is a group of running caches, one per upstream.
+type Set struct {
+	caches    []*Cache
+	addrs     []string
+	listenAll bool
+}
+
+// Cache is one upstream's cache in a Set.
+type Cache struct {
+	up      Upstream
+	port    int
+	engine  *cache.Cache // nil when a cache already on the port is reused
+	servers []*http.Server
+	storage string
+
+	mu   sync.Mutex
+	base Stats
+}
+
+// Start starts one cache per upstream, all at once, and returns when each
+// answers GET /v2/. If one fails, the others are stopped and the error names
+// the upstream that failed. ctx bounds the start only; caches run until Close.
+func Start(ctx context.Context, opts ...Option) (*Set, error) {
+	s := &settings{upstreams: DefaultUpstreams()}
+	for _, o := range opts {
+		o(s)
+	}
+	return start(ctx, s)
+}
+
+func start(ctx context.Context, s *settings) (*Set, error) {
+	if err := errors.Join(s.errs...); err != nil {
+		return nil, err
+	}
+	if len(s.upstreams) == 0 {
+		return nil, errors.New("no upstreams: want at least one (see DefaultUpstreams)")
+	}
+	seen := map[string]bool{}
+	for _, u := range s.upstreams {
+		if _, err := u.validate(); err != nil {
+			return nil, err
+		}
+		if seen[u.Host] {
+			return nil, fmt.Errorf("upstream host %q is listed twice: want one cache per registry host", u.Host)
+		}
+		seen[u.Host] = true
+	}
+	addrs, err := s.listenAddrs()
+	if err != nil {
+		return nil, err
+	}
+	root := s.storage
+	if root == "" {
+		dir, err := os.UserCacheDir()
+		if err != nil {
+			return nil, fmt.Errorf("finding the user cache directory for storage: %w (use WithStorageDir)", err)
+		}
+		root = filepath.Join(dir, "pullthrough")
+	}
+	set := &Set{addrs: addrs, listenAll: s.listenAll, caches: make([]*Cache, len(s.upstreams))}
+	g, gctx := errgroup.WithContext(ctx)
+	for i, u := range s.upstreams {
+		g.Go(func() error {
+			c, err := startCache(gctx, s, u, addrs, filepath.Join(root, u.storageName()))
+			set.caches[i] = c
+			if err != nil {
+				return fmt.Errorf("starting cache for %s: %w", u.Host, err)
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		set.Close()
+		return nil, err
+	}
+	return set, nil
+}
+
+func (s *settings) listenAddrs() ([]string, error) {
+	if s.listenAll {
+		return []string{"0.0.0.0"}, nil
+	}
+	if len(s.listen) == 0 {
+		addrs := []string{"127.0.0.1"}
+		if ip, err := DockerBridgeIP(); err == nil {
+			addrs = append(addrs, ip)
+		}
+		return addrs, nil
+	}
+	var out []string
+	for _, a := range s.listen {
+		ip := net.ParseIP(a)
+		if ip == nil {
+			return nil, fmt.Errorf("listen address %q: want an IP address of this host", a)
+		}
+		out = append(out, ip.String())
+	}
+	return out, nil
+}
+
+func startCache(ctx context.Context, s *settings, u Upstream, addrs []string, storage string) (*Cache, error) {
+	remote, _ := u.validate()
+	c := &Cache{up: u, storage: storage}
+	lns, err := listen(ctx, u, addrs, s.fixedPorts)
+	if errors.Is(err, errReuse) {
+		c.port = u.Port
+		return c, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	c.port = lns[0].Addr().(*net.TCPAddr).Port
+	auth, err := u.authenticator()
+	if err != nil {
+		closeListeners(lns)
+		return nil, err
+	}
+	access := &cache.AccessPolicy{Open: s.open, Allow: s.allow}
+	logger := s.logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	c.engine, err = cache.New(ctx, cache.Config{
+		Host:              u.Host,
+		Remote:            remote,
+		StorageDir:        storage,
+		Mode:              s.mode,
+		TagTTL:            s.tagTTL,
+		DialTimeout:       s.dial,
+		HeaderTimeout:     s.header,
+		RevalidateTimeout: s.revalidate,
+		Auth:              auth,
+		Access:            access,
+		Logger:            logger,
+	})
+	if err != nil {
+		closeListeners(lns)
+		return nil, err
+	}
+	for _, l := range lns {
+		srv := &http.Server{
+			Handler:           c.engine,
+			ReadHeaderTimeout: 30 * time.Second,
+			ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
+		}
+		c.servers = append(c.servers, srv)
+		go srv.Serve(l)
+	}
+	if err := waitReady(ctx, c.Addr()); err != nil {
+		c.close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func closeListeners(lns []net.Listener) {
+	for _, l := range lns {
+		l.Close()
+	}
+}
+
+// Close stops every cache the set started. Content stays in storage.
+func (s *Set) Close() error {
+	var errs []error
+	for _, c := range s.caches {
+		if c != nil {
+			errs = append(errs, c.close())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Caches returns the caches in upstream order.
+func (s *Set) Caches() []*Cache { return append([]*Cache(nil), s.caches...) }
+
+// Cache returns the cache for a registry host, or nil.
+func (s *Set) Cache(host string) *Cache {
+	for _, c := range s.caches {
+		if c.up.Host == host {
+			return c
+		}
+	}
+	return nil
+}
+
+// Stats returns each cache's counters by registry host.
+func (s *Set) Stats() map[string]Stats {
+	m := make(map[string]Stats, len(s.caches))
+	for _, c := range s.caches {
+		m[c.up.Host] = c.Stats()
+	}
+	return m
+}
+
+// Total adds up the counters of every cache.
+func (s *Set) Total() Stats {
+	var t Stats
+	for _, c := range s.caches {
+		t = t.Add(c.Stats())
+	}
+	return t
+}
+
+// ResetStats starts every cache's counters from zero.
+func (s *Set) ResetStats() {
+	for _, c := range s.caches {
+		c.ResetStats()
+	}
+}
+
+// Upstream returns what the cache stands in front of.
+func (c *Cache) Upstream() Upstream { return c.up }
+
+// Host is the registry host the cache serves, e.g. "docker.io".
+func (c *Cache) Host() string { return c.up.Host }
+
+// Port is the port the cache listens on, on every listen address.
+func (c *Cache) Port() int { return c.port }
+
+// Addr is the cache's loopback host:port.
+func (c *Cache) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(c.port)) }
+
+// Endpoint is the cache's loopback URL, for clients on this host.
+func (c *Cache) Endpoint() string { return "http://" + c.Addr() }
+
+// StorageDir is where the cache keeps its content.
+func (c *Cache) StorageDir() string { return c.storage }
+
+// Reused reports that WithFixedPorts found a pullthrough cache for this
+// upstream already on the port and uses it. Its counters are not visible here.
+func (c *Cache) Reused() bool { return c.engine == nil }
+
+// Stats returns the counters since start or the last ResetStats.
+func (c *Cache) Stats() Stats {
+	if c.engine == nil {
+		return Stats{}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.engine.Stats().Sub(c.base)
+}
+
+// ResetStats starts the counters from zero.
+func (c *Cache) ResetStats() {
+	if c.engine == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.base = c.engine.Stats()
+}
+
+func (c *Cache) close() error {
+	var errs []error
+	for _, srv := range c.servers {
+		errs = append(errs, srv.Close())
+	}
+	if c.engine != nil {
+		errs = append(errs, c.engine.Close())
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,80 @@
+package cachetest
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+var current atomic.Pointer[Set]
+
+// Main is for TestMain: it parses flags, starts the caches, runs the tests,
+// closes the caches and exits with the tests' code. Tests reach the set with
+// Get. If the caches cannot start, Main reports why on stderr, as the testing
+// package reports its own failures, and exits 1.
+func Main(m *testing.M, opts ...Option) {
+	os.Exit(run(m, opts))
+}
+
+func run(m *testing.M, opts []Option) int {
+	if !flag.Parsed() {
+		flag.Parse()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	set, err := Start(ctx, opts...)
+	cancel()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "cachetest.Main: %v\n", err)
+		return 1
+	}
+	current.Store(set)
+	code := m.Run()
+	current.Store(nil)
+	if err := set.Close(); err != nil {
+		fmt.Fprintf(os.Stderr, "cachetest.Main: closing caches: %v\n", err)
+		if code == 0 {
+			code = 1
+		}
+	}
+	return code
+}
+
+// Get returns the set Main started, and fails the test if there is none.
+func Get(tb testing.TB) *Set {
+	tb.Helper()
+	s := current.Load()
+	if s == nil {
+		tb.Fatal("cachetest.Get: no cache set is running; call cachetest.Main(m) from TestMain")
+	}
+	return s
+}
+
+// New starts a set for one test and closes it when the test ends. Storage is
+// a temporary directory unless WithStorageDir or WithPersistentStorage says
+// otherwise.
+func New(tb testing.TB, opts ...Option) *Set {
+	tb.Helper()
+	s := &settings{upstreams: DefaultUpstreams()}
+	for _, o := range opts {
+		o(s)
+	}
+	if s.storage == "" && !s.persist {
+		s.storage = tb.TempDir()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	set, err := start(ctx, s)
+	if err != nil {
+		tb.Fatalf("cachetest.New: %v", err)
+	}
+	tb.Cleanup(func() {
+		if err := set.Close(); err != nil {
+			tb.Errorf("cachetest: closing caches: %v", err)
+		}
+	})
+	return set
+}

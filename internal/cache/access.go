@@ -1,0 +1,109 @@
+package cache
+
+import (
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+)
+
+// AccessPolicy decides which client addresses a cache answers. The zero value
+// admits loopback and the subnets of this host's bridge interfaces (docker0,
+// Docker networks, the qemu provisioner's bridge), which is where Talos nodes
+// pull from.
+type AccessPolicy struct {
+	// Open admits every client.
+	Open bool
+	// Allow admits these networks in addition.
+	Allow []netip.Prefix
+
+	// bridges lists the host's bridge subnets; tests replace it.
+	bridges func() []netip.Prefix
+
+	mu        sync.Mutex
+	known     []netip.Prefix
+	refreshed time.Time
+}
+
+// Allowed reports whether a client at remoteAddr ("ip:port") may use the cache.
+func (a *AccessPolicy) Allowed(remoteAddr string) bool {
+	if a == nil || a.Open {
+		return true
+	}
+	ap, err := netip.ParseAddrPort(remoteAddr)
+	var ip netip.Addr
+	if err == nil {
+		ip = ap.Addr()
+	} else if ip, err = netip.ParseAddr(remoteAddr); err != nil {
+		return false
+	}
+	ip = ip.Unmap()
+	if ip.IsLoopback() {
+		return true
+	}
+	for _, p := range a.Allow {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if contains(a.known, ip) {
+		return true
+	}
+	// Docker networks appear after the cache starts: look again, but at most
+	// once a second, so a refused client cannot make every request walk the
+	// interface list.
+	if time.Since(a.refreshed) < time.Second && a.refreshed != (time.Time{}) {
+		return false
+	}
+	list := bridgeSubnets
+	if a.bridges != nil {
+		list = a.bridges
+	}
+	a.known = list()
+	a.refreshed = time.Now()
+	return contains(a.known, ip)
+}
+
+func contains(ps []netip.Prefix, ip netip.Addr) bool {
+	for _, p := range ps {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// bridgeSubnets lists the subnets of the host's Linux bridge interfaces.
+func bridgeSubnets() []netip.Prefix {
+	ifaces, err := net.Interfaces()
+	if err != nil {
+		return nil
+	}
+	var out []netip.Prefix
+	for _, ifc := range ifaces {
+		if _, err := os.Stat(filepath.Join("/sys/class/net", ifc.Name, "bridge")); err != nil {
+			continue
+		}
+		addrs, err := ifc.Addrs()
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			n, ok := a.(*net.IPNet)
+			if !ok {
+				continue
+			}
+			ip, ok := netip.AddrFromSlice(n.IP)
+			if !ok {
+				continue
+			}
+			ones, _ := n.Mask.Size()
+			out = append(out, netip.PrefixFrom(ip.Unmap(), ones).Masked())
+		}
+	}
+	return out
+}

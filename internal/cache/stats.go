@@ -1,0 +1,73 @@
+package cache
+
+import "sync/atomic"
+
+// Stats counts what one cache did. All fields count since the cache started
+// or since the last Reset.
+type Stats struct {
+	// Requests is the number of manifest and blob requests from clients.
+	Requests int64
+	// Hits were answered from storage with no upstream fetch of their content.
+	Hits int64
+	// Misses needed content from upstream (or waited for another request's fetch).
+	Misses int64
+	// Coalesced misses shared another request's upstream fetch of the same blob
+	// instead of starting their own.
+	Coalesced int64
+	// NotCached counts requests refused in strict mode because the content was
+	// not in storage.
+	NotCached int64
+	// UpstreamRequests is every request the cache sent to its upstream,
+	// including tag revalidations and authentication pings.
+	UpstreamRequests int64
+	// UpstreamBytes is the response body bytes received from upstream.
+	UpstreamBytes int64
+	// ServedBytes is the response body bytes sent to clients.
+	ServedBytes int64
+}
+
+// Add returns s plus o, field by field.
+func (s Stats) Add(o Stats) Stats {
+	return Stats{
+		Requests:         s.Requests + o.Requests,
+		Hits:             s.Hits + o.Hits,
+		Misses:           s.Misses + o.Misses,
+		Coalesced:        s.Coalesced + o.Coalesced,
+		NotCached:        s.NotCached + o.NotCached,
+		UpstreamRequests: s.UpstreamRequests + o.UpstreamRequests,
+		UpstreamBytes:    s.UpstreamBytes + o.UpstreamBytes,
+		ServedBytes:      s.ServedBytes + o.ServedBytes,
+	}
+}
+
+// Sub returns s minus base, field by field.
+func (s Stats) Sub(base Stats) Stats {
+	return Stats{
+		Requests:         s.Requests - base.Requests,
+		Hits:             s.Hits - base.Hits,
+		Misses:           s.Misses - base.Misses,
+		Coalesced:        s.Coalesced - base.Coalesced,
+		NotCached:        s.NotCached - base.NotCached,
+		UpstreamRequests: s.UpstreamRequests - base.UpstreamRequests,
+		UpstreamBytes:    s.UpstreamBytes - base.UpstreamBytes,
+		ServedBytes:      s.ServedBytes - base.ServedBytes,
+	}
+}
+
+type counters struct {
+	requests, hits, misses, coalesced, notCached atomic.Int64
+	upstreamRequests, upstreamBytes, servedBytes atomic.Int64
+}
+
+func (c *counters) snapshot() Stats {
+	return Stats{
+		Requests:         c.requests.Load(),
+		Hits:             c.hits.Load(),
+		Misses:           c.misses.Load(),
+		Coalesced:        c.coalesced.Load(),
+		NotCached:        c.notCached.Load(),
+		UpstreamRequests: c.upstreamRequests.Load(),
+		UpstreamBytes:    c.upstreamBytes.Load(),
+		ServedBytes:      c.servedBytes.Load(),
+	}
+}
