@@ -27,21 +27,21 @@ const (
 type Option func(*settings)
 
 type settings struct {
-	upstreams   []Upstream
-	fixedPorts  bool
-	listen      []string
-	listenAll   bool
-	open        bool
-	allow       []netip.Prefix
-	storage     string
-	persist     bool
-	logger      *slog.Logger
-	mode        Mode
-	tagTTL      time.Duration
-	dial        time.Duration
-	header      time.Duration
-	revalidate  time.Duration
-	errs        []error
+	upstreams  []Upstream
+	fixedPorts bool
+	listen     []string
+	listenAll  bool
+	open       bool
+	allow      []netip.Prefix
+	storage    string
+	persist    bool
+	logger     *slog.Logger
+	mode       Mode
+	tagTTL     time.Duration
+	dial       time.Duration
+	header     time.Duration
+	revalidate time.Duration
+	errs       []error
 }
 
 // WithUpstreams replaces DefaultUpstreams.

@@ -249,6 +249,15 @@ func (c *Cache) Endpoint() string { return "http://" + c.Addr() }
 // StorageDir is where the cache keeps its content.
 func (c *Cache) StorageDir() string { return c.storage }
 
+// Handler is the cache's registry API handler, for serving it on a listener
+// of one's own. It is nil for a reused cache.
+func (c *Cache) Handler() http.Handler {
+	if c.engine == nil {
+		return nil
+	}
+	return c.engine
+}
+
 // Reused reports that WithFixedPorts found a pullthrough cache for this
 // upstream already on the port and uses it. Its counters are not visible here.
 func (c *Cache) Reused() bool { return c.engine == nil }

@@ -123,6 +123,9 @@ func (g *gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer resp.Body.Close()
 	g.log.Debug("upstream answered", "method", r.Method, "ref", rt.String(), "status", resp.StatusCode)
 	g.markUp()
+	if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
+		g.log.Warn("upstream refused access; check this upstream's credentials", "ref", rt.String(), "status", resp.StatusCode)
+	}
 	if isTag && resp.StatusCode == http.StatusOK {
 		if err := g.tags.mark(rt.String(), g.now()); err != nil {
 			g.log.Warn("recording tag revalidation", "ref", rt.String(), "error", err)

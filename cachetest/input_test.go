@@ -1,0 +1,94 @@
+package cachetest_test
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pullthrough/pullthrough/cachetest"
+)
+
+func TestBadInputIsNamed(t *testing.T) {
+	good := cachetest.Upstream{Host: "registry.test", URL: "http://127.0.0.1:1"}
+	readOnly := filepath.Join(t.TempDir(), "ro")
+	require.NoError(t, os.MkdirAll(readOnly, 0o500))
+	notADir := filepath.Join(t.TempDir(), "file")
+	require.NoError(t, os.WriteFile(notADir, nil, 0o600))
+	withPort := func(p int) cachetest.Upstream { u := good; u.Port = p; return u }
+
+	for _, tc := range []struct {
+		name string
+		opts []cachetest.Option
+		want string
+	}{
+		{"malformed URL", []cachetest.Option{cachetest.WithUpstreams(cachetest.Upstream{Host: "docker.io", URL: "registry-1.docker.io"})}, `URL "registry-1.docker.io"`},
+		{"URL with credentials", []cachetest.Option{cachetest.WithUpstreams(cachetest.Upstream{Host: "docker.io", URL: "https://u:p@registry-1.docker.io"})}, "without credentials"},
+		{"empty host", []cachetest.Option{cachetest.WithUpstreams(cachetest.Upstream{URL: "https://quay.io"})}, `upstream host ""`},
+		{"duplicate host", []cachetest.Option{cachetest.WithUpstreams(good, good)}, `"registry.test" is listed twice`},
+		{"no upstreams", []cachetest.Option{cachetest.WithUpstreams()}, "no upstreams"},
+		{"port out of range", []cachetest.Option{cachetest.WithUpstreams(withPort(70000)), cachetest.WithFixedPorts()}, "port 70000: want 1 to 65535"},
+		{"port zero with fixed ports", []cachetest.Option{cachetest.WithUpstreams(withPort(0)), cachetest.WithFixedPorts()}, "port 0: want 1 to 65535"},
+		{"address not on this host", []cachetest.Option{cachetest.WithUpstreams(good), cachetest.WithListenAddrs("192.0.2.55")}, "192.0.2.55"},
+		{"listen address not an IP", []cachetest.Option{cachetest.WithUpstreams(good), cachetest.WithListenAddrs("localhost")}, `listen address "localhost"`},
+		{"storage not a directory", []cachetest.Option{cachetest.WithUpstreams(good), cachetest.WithStorageDir(notADir)}, "is not writable"},
+		{"bad client network", []cachetest.Option{cachetest.WithUpstreams(good), cachetest.WithAllowedClients("10.0.0.0/33")}, `"10.0.0.0/33"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			opts := append([]cachetest.Option{cachetest.WithStorageDir(t.TempDir())}, tc.opts...)
+			set, err := cachetest.Start(testCtx(t), opts...)
+			if set != nil {
+				set.Close()
+			}
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.want)
+		})
+	}
+	if os.Geteuid() != 0 { // root writes anywhere
+		_, err := cachetest.Start(testCtx(t), cachetest.WithUpstreams(good), cachetest.WithStorageDir(readOnly))
+		assert.ErrorContains(t, err, "is not writable")
+	}
+	_, err := cachetest.Start(testCtx(t), cachetest.WithUpstreams(good), cachetest.WithListenAddrs("192.0.2.55"), cachetest.WithStorageDir(t.TempDir()))
+	assert.ErrorIs(t, err, cachetest.ErrAddrNotLocal)
+}
+
+func TestMirrors(t *testing.T) {
+	set := cachetest.New(t, cachetest.WithUpstreams(
+		cachetest.Upstream{Host: "docker.io", URL: "http://127.0.0.1:1"},
+		cachetest.Upstream{Host: "ghcr.io", URL: "http://127.0.0.1:2"},
+	), cachetest.WithListenAddrs("127.0.0.1"))
+	m, err := set.Mirrors("127.0.0.1")
+	require.NoError(t, err)
+	assert.Equal(t, map[string]string{
+		"docker.io": set.Cache("docker.io").Endpoint(),
+		"ghcr.io":   set.Cache("ghcr.io").Endpoint(),
+	}, m)
+	flags, err := set.MirrorFlags("127.0.0.1")
+	require.NoError(t, err)
+	assert.Equal(t, []string{"docker.io=" + m["docker.io"], "ghcr.io=" + m["ghcr.io"]}, flags)
+
+	_, err = set.Mirrors("172.31.255.1")
+	assert.ErrorContains(t, err, "listen on [127.0.0.1] only")
+	_, err = set.Mirrors("not-an-ip")
+	assert.ErrorContains(t, err, `mirror address "not-an-ip"`)
+}
+
+func TestBridgeAddresses(t *testing.T) {
+	for cidr, want := range map[string]string{"10.5.0.0/24": "10.5.0.1", "10.77.3.0/24": "10.77.3.1", "172.20.0.0/16": "172.20.0.1", "10.9.8.7/24": "10.9.8.1"} {
+		got, err := cachetest.GatewayIP(cidr)
+		require.NoError(t, err)
+		assert.Equal(t, want, got, cidr)
+	}
+	for _, bad := range []string{"fd00::/64", "10.5.0.0/30", "10.5.0.0", "nonsense"} {
+		_, err := cachetest.GatewayIP(bad)
+		assert.ErrorContains(t, err, bad)
+	}
+	_, err := cachetest.InterfaceIP("pt-no-such0")
+	assert.ErrorIs(t, err, cachetest.ErrNoBridge)
+	assert.ErrorContains(t, err, "pt-no-such0")
+	lo, err := cachetest.InterfaceIP("lo")
+	require.NoError(t, err)
+	assert.Equal(t, "127.0.0.1", lo)
+}
