@@ -1,0 +1,56 @@
+package benchmarks
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/pullthrough/pullthrough/cachetest"
+	"github.com/pullthrough/pullthrough/fixtures"
+	"github.com/pullthrough/pullthrough/internal/dockerenv"
+	"github.com/pullthrough/pullthrough/provisioners"
+)
+
+// NodeImage is the docker node image boots use: $PULLTHROUGH_TALOS_IMAGE if
+// set (a real Talos), else the stand-in, built here when missing.
+func (e *Env) NodeImage(tb testing.TB, log io.Writer) string {
+	tb.Helper()
+	if img := os.Getenv(provisioners.EnvTalosImage); img != "" {
+		return img
+	}
+	cli := dockerenv.Require(tb)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	img, err := fixtures.BuildStandinImage(ctx, cli, e.Knobs.TalosVersion, log)
+	if err != nil {
+		tb.Fatalf("building the stand-in node image: %v", err)
+	}
+	return img
+}
+
+// Boot creates a docker cluster whose nodes pull through set, waits until it
+// is ready, and destroys it. Seconds is the time from Create to ready.
+func (e *Env) Boot(ctx context.Context, set *cachetest.Set, spec provisioners.Spec, log io.Writer) (Result, error) {
+	before := e.Upstreams.Counts()
+	start := time.Now()
+	c, err := provisioners.Create(ctx, spec, provisioners.WithCaches(set), provisioners.WithLogWriter(log))
+	if err != nil {
+		return Result{}, err
+	}
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+		defer cancel()
+		c.Destroy(dctx) //nolint:errcheck // a failed destroy shows in the next Create's leftover message
+	}()
+	if err := c.Wait(ctx); err != nil {
+		return Result{}, err
+	}
+	r := Result{Seconds: time.Since(start).Seconds()}
+	d := e.Upstreams.Counts().Sub(before)
+	r.UpstreamBytes, r.UpstreamRequests = d.BytesSent, d.Requests()
+	fmt.Fprintf(log, "boot %s: %s\n", spec.Name, c.Timings())
+	return r, nil
+}

@@ -1,0 +1,30 @@
+package benchmarks_test
+
+import (
+	"flag"
+	"os"
+	"testing"
+
+	"github.com/pullthrough/pullthrough/benchmarks"
+	"github.com/pullthrough/pullthrough/provisioners"
+)
+
+var knobs benchmarks.Knobs
+
+func TestMain(m *testing.M) {
+	provisioners.LaunchQemuIfAsked()
+	k, err := benchmarks.KnobsFromEnv()
+	if err != nil {
+		// A bad knob is a usage error of this test binary.
+		os.Stderr.WriteString("benchmarks: " + err.Error() + "\n")
+		os.Exit(2)
+	}
+	flag.Float64Var(&k.Mbits, "pullthrough.bandwidth", k.Mbits, "simulated WAN Mbit/s; 0 = unthrottled")
+	flag.DurationVar(&k.Latency, "pullthrough.latency", k.Latency, "simulated WAN latency per request")
+	flag.Float64Var(&k.Scale, "pullthrough.scale", k.Scale, "image size scale; 1 = the real ~289 MB set")
+	flag.IntVar(&k.ControlPlanes, "pullthrough.cp", k.ControlPlanes, "control planes in boot benchmarks")
+	flag.IntVar(&k.Workers, "pullthrough.workers", k.Workers, "workers in boot benchmarks")
+	flag.Parse()
+	knobs = k
+	os.Exit(m.Run())
+}

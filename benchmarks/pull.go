@@ -1,0 +1,120 @@
+package benchmarks
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"testing"
+
+	"github.com/siderolabs/talos/pkg/machinery/config"
+	"github.com/siderolabs/talos/pkg/machinery/config/generate"
+	"github.com/siderolabs/talos/pkg/machinery/config/machine"
+	"github.com/siderolabs/talos/pkg/machinery/constants"
+
+	"github.com/pullthrough/pullthrough/cachetest"
+	"github.com/pullthrough/pullthrough/fixtures"
+	"github.com/pullthrough/pullthrough/internal/standin"
+)
+
+// Env is a benchmark's world: the fixture upstreams, started once.
+type Env struct {
+	Knobs     Knobs
+	Upstreams *fixtures.Upstreams
+}
+
+// NewEnv starts the upstreams for k and closes them when tb ends.
+func NewEnv(tb testing.TB, k Knobs) *Env {
+	tb.Helper()
+	if err := k.validate(); err != nil {
+		tb.Fatal(err)
+	}
+	return &Env{Knobs: k, Upstreams: fixtures.NewTalosUpstreams(tb, k.TalosVersion, k.upstreamOptions()...)}
+}
+
+// CacheUpstreams are cachetest upstreams for the fixture registries.
+func (e *Env) CacheUpstreams() []cachetest.Upstream {
+	var out []cachetest.Upstream
+	for _, u := range e.Upstreams.All() {
+		out = append(out, cachetest.Upstream{Host: u.Host(), URL: u.URL()})
+	}
+	return out
+}
+
+// NewCaches starts an empty cache set in front of the upstreams.
+func (e *Env) NewCaches(tb testing.TB, opts ...cachetest.Option) *cachetest.Set {
+	tb.Helper()
+	return cachetest.New(tb, append([]cachetest.Option{cachetest.WithUpstreams(e.CacheUpstreams()...)}, opts...)...)
+}
+
+// Result is one measured pull or boot.
+type Result struct {
+	Seconds          float64
+	UpstreamBytes    int64
+	UpstreamRequests int64
+	Images           int
+}
+
+// PullThrough pulls the node image set as a node would, through the caches
+// at their loopback endpoints, and counts what reached the upstreams.
+func (e *Env) PullThrough(ctx context.Context, set *cachetest.Set) (Result, error) {
+	mirrors, err := set.Mirrors("127.0.0.1")
+	if err != nil {
+		return Result{}, err
+	}
+	return e.pull(ctx, mirrors)
+}
+
+// PullDirect pulls the same set straight from the upstreams, the baseline.
+func (e *Env) PullDirect(ctx context.Context) (Result, error) {
+	return e.pull(ctx, e.Upstreams.Mirrors())
+}
+
+func (e *Env) pull(ctx context.Context, mirrors map[string]string) (Result, error) {
+	node, err := nodeFor(e.Knobs.TalosVersion, mirrors)
+	if err != nil {
+		return Result{}, err
+	}
+	before := e.Upstreams.Counts()
+	s := standin.Run(ctx, node, standin.Options{TalosVersion: e.Knobs.TalosVersion, Log: io.Discard})
+	d := e.Upstreams.Counts().Sub(before)
+	r := Result{Seconds: s.Seconds, UpstreamBytes: d.BytesSent, UpstreamRequests: d.Requests(), Images: s.Images}
+	if len(s.Failures) > 0 {
+		return r, fmt.Errorf("pulling %s: %s", s.Failures[0].Ref, s.Failures[0].Error)
+	}
+	if s.Images != s.Wanted {
+		return r, fmt.Errorf("pulled %d of %d images", s.Images, s.Wanted)
+	}
+	return r, nil
+}
+
+// nodeFor makes a control plane's machine config with these mirrors, with
+// Talos's generator, and loads it as the stand-in node does.
+func nodeFor(version string, mirrors map[string]string) (*standin.Node, error) {
+	contract, err := config.ParseContractFromVersion(version)
+	if err != nil {
+		return nil, fmt.Errorf("talos version %q: %w", version, err)
+	}
+	opts := []generate.Option{generate.WithVersionContract(contract)}
+	hosts := make([]string, 0, len(mirrors))
+	for h := range mirrors {
+		hosts = append(hosts, h)
+	}
+	sort.Strings(hosts)
+	for _, h := range hosts {
+		opts = append(opts, generate.WithRegistryMirror(h, mirrors[h]))
+	}
+	in, err := generate.NewInput("bench", "https://10.5.0.2:6443", constants.DefaultKubernetesVersion, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("generating a node config: %w", err)
+	}
+	cfg, err := in.Config(machine.TypeControlPlane)
+	if err != nil {
+		return nil, fmt.Errorf("generating a node config: %w", err)
+	}
+	b, err := cfg.EncodeBytes()
+	if err != nil {
+		return nil, err
+	}
+	return standin.Load(b)
+}

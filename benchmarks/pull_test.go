@@ -1,0 +1,187 @@
+package benchmarks_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/pullthrough/pullthrough/benchmarks"
+	"github.com/pullthrough/pullthrough/cachetest"
+)
+
+// baseline keeps a cold and a direct pull time measured in this process, so
+// warm's ratios compare numbers of one run.
+var baseline struct {
+	sync.Mutex
+	cold, direct float64
+}
+
+func report(b *testing.B, total benchmarks.Result, unit string) {
+	n := float64(b.N)
+	b.ReportMetric(total.Seconds/n, unit)
+	b.ReportMetric(float64(total.UpstreamBytes)/1e6/n, "upstream-MB/op")
+	b.ReportMetric(float64(total.UpstreamRequests)/n, "upstream-requests/op")
+}
+
+func add(a, r benchmarks.Result) benchmarks.Result {
+	a.Seconds += r.Seconds
+	a.UpstreamBytes += r.UpstreamBytes
+	a.UpstreamRequests += r.UpstreamRequests
+	return a
+}
+
+func BenchmarkPull(b *testing.B) {
+	env := benchmarks.NewEnv(b, knobs)
+	b.Logf("%s, %.1f MB per pull", knobs, float64(env.Upstreams.PullSize())/1e6)
+	ctx := context.Background()
+
+	b.Run("direct", func(b *testing.B) {
+		var total benchmarks.Result
+		for range b.N {
+			r, err := env.PullDirect(ctx)
+			if err != nil {
+				b.Fatal(err)
+			}
+			total = add(total, r)
+		}
+		report(b, total, "pull-s/op")
+		baseline.Lock()
+		baseline.direct = total.Seconds / float64(b.N)
+		baseline.Unlock()
+	})
+
+	b.Run("cold", func(b *testing.B) {
+		var total benchmarks.Result
+		for range b.N {
+			b.StopTimer()
+			set := env.NewCaches(b) // empty storage every iteration
+			b.StartTimer()
+			r, err := env.PullThrough(ctx, set)
+			if err != nil {
+				b.Fatal(err)
+			}
+			total = add(total, r)
+			b.StopTimer()
+			set.Close()
+			b.StartTimer()
+		}
+		report(b, total, "pull-s/op")
+		baseline.Lock()
+		baseline.cold = total.Seconds / float64(b.N)
+		baseline.Unlock()
+	})
+
+	b.Run("warm", func(b *testing.B) {
+		b.StopTimer()
+		set := env.NewCaches(b)
+		fill, err := env.PullThrough(ctx, set)
+		if err != nil {
+			b.Fatal(err)
+		}
+		cold, direct := baselines(b, env, fill)
+		b.StartTimer()
+		var total benchmarks.Result
+		for range b.N {
+			r, err := env.PullThrough(ctx, set)
+			if err != nil {
+				b.Fatal(err)
+			}
+			total = add(total, r)
+		}
+		report(b, total, "pull-s/op")
+		warm := total.Seconds / float64(b.N)
+		b.ReportMetric(cold/warm, "speedup-x")
+		b.ReportMetric(direct/warm, "of-direct")
+	})
+}
+
+// baselines returns cold and direct pull times of this process, measuring
+// what the cold and direct sub-benchmarks did not.
+func baselines(b *testing.B, env *benchmarks.Env, fill benchmarks.Result) (cold, direct float64) {
+	baseline.Lock()
+	defer baseline.Unlock()
+	cold, direct = baseline.cold, baseline.direct
+	if cold == 0 {
+		cold = fill.Seconds
+	}
+	if direct == 0 {
+		r, err := env.PullDirect(context.Background())
+		if err != nil {
+			b.Fatal(err)
+		}
+		direct = r.Seconds
+	}
+	return cold, direct
+}
+
+// BenchmarkConcurrentColdPull is three nodes booting at once on a cold
+// cache. upstream-x is the upstream blob bytes over one set's bytes: 3.00
+// for distribution's proxy alone (each in-flight blob refetched per
+// client), 1.00 when each blob is fetched once.
+func BenchmarkConcurrentColdPull(b *testing.B) {
+	env := benchmarks.NewEnv(b, knobs)
+	ctx := context.Background()
+	const clients = 3
+	var total benchmarks.Result
+	var upstreamBytes int64
+	var elapsed time.Duration
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		set := env.NewCaches(b)
+		before := env.Upstreams.Counts()
+		b.StartTimer()
+		start := time.Now()
+		var g errgroup.Group
+		for range clients {
+			g.Go(func() error { _, err := env.PullThrough(ctx, set); return err })
+		}
+		if err := g.Wait(); err != nil {
+			b.Fatal(err)
+		}
+		elapsed += time.Since(start)
+		b.StopTimer()
+		d := env.Upstreams.Counts().Sub(before)
+		upstreamBytes += d.BytesSent
+		total.UpstreamRequests += d.Requests()
+		set.Close()
+		b.StartTimer()
+	}
+	n := float64(b.N)
+	b.ReportMetric(elapsed.Seconds()/n, "pull-s/op")
+	b.ReportMetric(float64(upstreamBytes)/1e6/n, "upstream-MB/op")
+	b.ReportMetric(float64(total.UpstreamRequests)/n, "upstream-requests/op")
+	b.ReportMetric(float64(upstreamBytes)/n/float64(env.Upstreams.PullSize()), "upstream-x")
+}
+
+// BenchmarkWarmPullUpstreamHung is a warm pull whose tags are due for
+// revalidation while the upstream accepts connections and never answers:
+// the caches must fall back to their copies within the revalidation timeout.
+// extra-s is the time over a warm pull with the upstream healthy.
+func BenchmarkWarmPullUpstreamHung(b *testing.B) {
+	env := benchmarks.NewEnv(b, knobs)
+	ctx := context.Background()
+	set := env.NewCaches(b, cachetest.WithTagTTL(-1)) // revalidate every pull
+	if _, err := env.PullThrough(ctx, set); err != nil {
+		b.Fatal(err)
+	}
+	healthy, err := env.PullThrough(ctx, set)
+	if err != nil {
+		b.Fatal(err)
+	}
+	hangUpstreams(b, env)
+	b.ResetTimer()
+	var total benchmarks.Result
+	for range b.N {
+		r, err := env.PullThrough(ctx, set)
+		if err != nil {
+			b.Fatal(err)
+		}
+		total = add(total, r)
+	}
+	b.ReportMetric(total.Seconds/float64(b.N), "pull-s/op")
+	b.ReportMetric(total.Seconds/float64(b.N)-healthy.Seconds, "extra-s")
+}

@@ -1,0 +1,66 @@
+package benchmarks_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pullthrough/pullthrough/benchmarks"
+	"github.com/pullthrough/pullthrough/provisioners"
+)
+
+// The smoke tests run each benchmark body once at a tiny scale, so that
+// `go test ./...` catches breakage without timing anything.
+func tinyKnobs() benchmarks.Knobs {
+	k := benchmarks.DefaultKnobs()
+	k.Mbits, k.Latency, k.Scale = 0, 0, 0.001
+	return k
+}
+
+func TestPullBodiesSmoke(t *testing.T) {
+	env := benchmarks.NewEnv(t, tinyKnobs())
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	direct, err := env.PullDirect(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, env.Upstreams.PullSize(), direct.UpstreamBytes)
+
+	set := env.NewCaches(t)
+	cold, err := env.PullThrough(ctx, set)
+	require.NoError(t, err)
+	assert.Equal(t, env.Upstreams.PullSize(), cold.UpstreamBytes, "a cold pull fetches the set once")
+	warm, err := env.PullThrough(ctx, set)
+	require.NoError(t, err)
+	assert.Zero(t, warm.UpstreamBytes, "warm upstream bytes")
+	assert.Zero(t, warm.UpstreamRequests, "warm upstream requests")
+	assert.Equal(t, cold.Images, warm.Images)
+}
+
+func TestBootBodySmoke(t *testing.T) {
+	env := benchmarks.NewEnv(t, tinyKnobs())
+	image := env.NodeImage(t, tbWriter{t}) // skips without Docker, fails under CI=true
+	set := env.NewCaches(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	spec := bootSpecT(t, image)
+	cold, err := env.Boot(ctx, set, spec, tbWriter{t})
+	require.NoError(t, err)
+	assert.Equal(t, 2*env.Upstreams.PullSize(), set.Total().ServedBytes, "two nodes pulled the set through the caches")
+	assert.Equal(t, env.Upstreams.PullSize(), cold.UpstreamBytes, "each blob fetched once for two nodes")
+	spec.Name += "-warm"
+	warm, err := env.Boot(ctx, set, spec, tbWriter{t})
+	require.NoError(t, err)
+	assert.Zero(t, warm.UpstreamRequests, "a warm boot asked upstream")
+}
+
+func bootSpecT(t *testing.T, image string) (s provisioners.Spec) {
+	return provisioners.Spec{
+		Name: fmt.Sprintf("pt-smoke-%d", os.Getpid()), ControlPlanes: 1, Workers: 1, Image: image,
+		CIDR: fmt.Sprintf("10.%d.251.0/24", 90+os.Getpid()%10), StateDir: t.TempDir(),
+	}
+}

@@ -1,0 +1,205 @@
+package provisioners
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/siderolabs/talos/pkg/provision"
+
+	"github.com/pullthrough/pullthrough/fixtures"
+	"github.com/pullthrough/pullthrough/internal/dockerenv"
+)
+
+// ErrDockerUnavailable means no Docker daemon answers.
+var ErrDockerUnavailable = dockerenv.ErrUnavailable
+
+// Timings are how long each phase took.
+type Timings struct {
+	Config time.Duration // generating the request and machine configs
+	Create time.Duration // the provisioner creating network and nodes
+	Ready  time.Duration // Wait, until the readiness check passed
+}
+
+func (t Timings) String() string {
+	return fmt.Sprintf("config %s, create %s, ready %s", t.Config.Round(time.Millisecond), t.Create.Round(time.Millisecond), t.Ready.Round(time.Millisecond))
+}
+
+// Cluster is a created cluster.
+type Cluster struct {
+	plan      *Plan
+	cluster   provision.Cluster
+	log       io.Writer
+	readiness Readiness
+
+	mu        sync.Mutex
+	timings   Timings
+	summaries map[string]fixtures.StandinSummary
+	destroyed bool
+}
+
+// Create makes the cluster a spec describes and returns once the provisioner
+// is done; Wait then waits until it is ready. Leftovers of an earlier run
+// with the same name are removed first, with a message to the log writer.
+func Create(ctx context.Context, spec Spec, opts ...Option) (*Cluster, error) {
+	o := &settings{}
+	for _, opt := range opts {
+		opt(o)
+	}
+	if o.log == nil {
+		o.log = io.Discard
+	}
+	spec = spec.withDefaults()
+	if err := spec.validate(); err != nil {
+		return nil, err
+	}
+	if err := preflight(ctx, spec); err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	plan, err := Configure(ctx, spec, opts...)
+	if err != nil {
+		return nil, err
+	}
+	c := &Cluster{plan: plan, log: o.log, readiness: o.readiness}
+	c.timings.Config = time.Since(start)
+	if c.readiness == nil {
+		c.readiness = defaultReadiness(plan.Spec)
+	}
+	if err := removeLeftovers(ctx, plan, o.log); err != nil {
+		plan.close()
+		return nil, err
+	}
+
+	start = time.Now()
+	req := plan.Configs.ClusterRequest
+	popts := append(append([]provision.Option{}, plan.Configs.ProvisionOptions...), provision.WithLogWriter(o.log))
+	c.cluster, err = plan.prov.Create(ctx, req, popts...)
+	c.timings.Create = time.Since(start)
+	if err != nil {
+		// Whatever the provisioner made before failing goes too.
+		if rerr := removeLeftovers(context.WithoutCancel(ctx), plan, o.log); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+		plan.close()
+		return nil, fmt.Errorf("cluster %q: creating with the %s provisioner: %w", spec.Name, spec.Provisioner, err)
+	}
+	return c, nil
+}
+
+// New creates a cluster for one test, skipping the test when Docker (or, for
+// qemu, KVM and the rest) is missing, failing it instead when CI=true, and
+// destroys the cluster when the test ends. StateDir defaults to tb.TempDir().
+func New(tb testing.TB, spec Spec, opts ...Option) *Cluster {
+	tb.Helper()
+	spec = spec.withDefaults()
+	if err := spec.validate(); err != nil {
+		tb.Fatalf("provisioners.New: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := preflight(ctx, spec); err != nil {
+		if os.Getenv("CI") == "true" {
+			tb.Fatalf("provisioners.New: %v (CI=true: missing prerequisites fail instead of skipping)", err)
+		}
+		tb.Skipf("provisioners.New: %v", err)
+	}
+	if spec.StateDir == "" {
+		spec.StateDir = tb.TempDir()
+	}
+	c, err := Create(ctx, spec, opts...)
+	if err != nil {
+		tb.Fatalf("provisioners.New: %v", err)
+	}
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		if err := c.Destroy(ctx); err != nil {
+			tb.Errorf("provisioners: destroying cluster %q: %v", spec.Name, err)
+		}
+	})
+	return c
+}
+
+// Wait blocks until the readiness check passes or ctx ends.
+func (c *Cluster) Wait(ctx context.Context) error {
+	start := time.Now()
+	err := c.readiness.Wait(ctx, c)
+	c.mu.Lock()
+	c.timings.Ready = time.Since(start)
+	c.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("cluster %q: waiting until ready: %w", c.plan.Spec.Name, err)
+	}
+	return nil
+}
+
+// Destroy removes the nodes, the network and the state directory. It is safe
+// to call twice.
+func (c *Cluster) Destroy(ctx context.Context) error {
+	c.mu.Lock()
+	if c.destroyed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.destroyed = true
+	c.mu.Unlock()
+	defer c.plan.close()
+	err := c.plan.prov.Destroy(ctx, c.cluster, provision.WithLogWriter(c.log), provision.WithDeleteOnErr(true))
+	if err != nil {
+		err = fmt.Errorf("cluster %q: destroying: %w", c.plan.Spec.Name, err)
+	}
+	if rerr := os.RemoveAll(filepath.Join(c.plan.Spec.StateDir, c.plan.Spec.Name)); rerr != nil {
+		err = errors.Join(err, rerr)
+	}
+	return err
+}
+
+// Timings returns how long each phase took so far.
+func (c *Cluster) Timings() Timings {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.timings
+}
+
+// Plan returns the request and configs the cluster was made from.
+func (c *Cluster) Plan() *Plan { return c.plan }
+
+// Provisioned is Talos's view of the cluster, for access.NewAdapter and the
+// like.
+func (c *Cluster) Provisioned() provision.Cluster { return c.cluster }
+
+// Nodes lists the nodes as the provisioner made them.
+func (c *Cluster) Nodes() []provision.NodeInfo { return c.cluster.Info().Nodes }
+
+// StandinSummaries returns each stand-in node's pull report by node name,
+// once Wait with the stand-in readiness has passed.
+func (c *Cluster) StandinSummaries() map[string]fixtures.StandinSummary {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[string]fixtures.StandinSummary, len(c.summaries))
+	for k, v := range c.summaries {
+		out[k] = v
+	}
+	return out
+}
+
+func (c *Cluster) setSummary(node string, s fixtures.StandinSummary) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.summaries == nil {
+		c.summaries = map[string]fixtures.StandinSummary{}
+	}
+	c.summaries[node] = s
+}
+
+func isStandin(image string) bool {
+	return strings.HasPrefix(image, fixtures.StandinRepository+":")
+}

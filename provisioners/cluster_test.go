@@ -1,0 +1,191 @@
+package provisioners_test
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/moby/moby/client"
+	"github.com/siderolabs/talos/pkg/machinery/config/configloader"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pullthrough/pullthrough/cachetest"
+	"github.com/pullthrough/pullthrough/fixtures"
+	"github.com/pullthrough/pullthrough/internal/dockerenv"
+	"github.com/pullthrough/pullthrough/provisioners"
+)
+
+// logBuffer collects the provisioner's output for assertions and failures.
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+type standinWorld struct {
+	cli       *client.Client
+	upstreams *fixtures.Upstreams
+	caches    *cachetest.Set
+	image     string
+}
+
+func newStandinWorld(t *testing.T) standinWorld {
+	t.Helper()
+	cli := dockerenv.Require(t)
+	ups := fixtures.NewTalosUpstreams(t, provisioners.DefaultTalosVersion, fixtures.WithScale(0.002), fixtures.Unthrottled())
+	var cu []cachetest.Upstream
+	for _, u := range ups.All() {
+		cu = append(cu, cachetest.Upstream{Host: u.Host(), URL: u.URL()})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	img, err := fixtures.BuildStandinImage(ctx, cli, provisioners.DefaultTalosVersion, nil)
+	require.NoError(t, err)
+	return standinWorld{cli: cli, upstreams: ups, caches: cachetest.New(t, cachetest.WithUpstreams(cu...)), image: img}
+}
+
+// clusterSpec gives each test package run a name and network of its own.
+func clusterSpec(t *testing.T, suffix, image string, third int) provisioners.Spec {
+	return provisioners.Spec{
+		Name:          fmt.Sprintf("pt-prov-%d-%s", os.Getpid(), suffix),
+		ControlPlanes: 1, Workers: 1,
+		Image:    image,
+		CIDR:     fmt.Sprintf("10.79.%d.0/24", (os.Getpid()+third)%250),
+		StateDir: t.TempDir(),
+	}
+}
+
+func TestDockerClusterOfStandinsPullsThroughTheCaches(t *testing.T) {
+	w := newStandinWorld(t)
+	var log logBuffer
+	spec := clusterSpec(t, "pull", w.image, 0)
+	c := provisioners.New(t, spec, provisioners.WithCaches(w.caches), provisioners.WithLogWriter(&log))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	require.NoError(t, c.Wait(ctx), "provisioner log:\n%s", log.String())
+
+	// Every node pulled the whole set through the caches.
+	sums := c.StandinSummaries()
+	require.Len(t, sums, 2)
+	var nodeBytes, nodeRequests int64
+	for node, s := range sums {
+		assert.Equal(t, s.Wanted, s.Images, node)
+		assert.Equal(t, w.upstreams.PullSize(), s.Bytes, node)
+		nodeBytes += s.Bytes
+		nodeRequests += s.Requests
+	}
+	total := w.caches.Total()
+	assert.Equal(t, nodeBytes, total.ServedBytes, "what nodes received is what the caches served")
+	assert.Equal(t, nodeRequests, total.Requests)
+	// Two nodes booting at once on cold caches: each blob went upstream once.
+	up := w.upstreams.Counts()
+	assert.Equal(t, w.upstreams.PullSize(), up.BytesSent)
+	assert.Equal(t, up.BytesSent, total.UpstreamBytes, "cache and upstream counters agree")
+	assert.Equal(t, up.Requests(), total.UpstreamRequests, "cache and upstream counters agree")
+
+	// The config each container got in USERDATA names every cache at docker0.
+	bridge, err := cachetest.DockerBridgeIP()
+	require.NoError(t, err)
+	for _, n := range c.Nodes() {
+		info, err := w.cli.ContainerInspect(ctx, n.ID, client.ContainerInspectOptions{})
+		require.NoError(t, err)
+		mirrors := userdataMirrors(t, info.Container.Config.Env)
+		for _, cache := range w.caches.Caches() {
+			assert.Equal(t, []string{fmt.Sprintf("http://%s:%d", bridge, cache.Port())}, mirrors[cache.Host()], "%s: %s", n.Name, cache.Host())
+		}
+	}
+	tm := c.Timings()
+	assert.Positive(t, tm.Create)
+	assert.Positive(t, tm.Ready)
+
+	// Destroy leaves no container, network or volume behind.
+	require.NoError(t, c.Destroy(ctx))
+	assertNothingLeft(t, w.cli, spec)
+}
+
+func userdataMirrors(t *testing.T, env []string) map[string][]string {
+	t.Helper()
+	for _, e := range env {
+		v, ok := strings.CutPrefix(e, "USERDATA=")
+		if !ok {
+			continue
+		}
+		raw, err := base64.StdEncoding.DecodeString(v)
+		require.NoError(t, err)
+		cfg, err := configloader.NewFromBytes(raw)
+		require.NoError(t, err)
+		out := map[string][]string{}
+		for host, m := range cfg.RegistryMirrorConfigs() {
+			for _, ep := range m.Endpoints() {
+				out[host] = append(out[host], ep.Endpoint())
+			}
+			sort.Strings(out[host])
+		}
+		return out
+	}
+	t.Fatal("node container has no USERDATA")
+	return nil
+}
+
+func assertNothingLeft(t *testing.T, cli *client.Client, spec provisioners.Spec) {
+	t.Helper()
+	ctx := context.Background()
+	ctrs, err := cli.ContainerList(ctx, client.ContainerListOptions{All: true,
+		Filters: make(client.Filters).Add("label", "talos.cluster.name="+spec.Name)})
+	require.NoError(t, err)
+	assert.Empty(t, ctrs.Items, "containers left")
+	_, err = cli.NetworkInspect(ctx, spec.Name, client.NetworkInspectOptions{})
+	assert.Error(t, err, "network %q left", spec.Name)
+	vols, err := cli.VolumeList(ctx, client.VolumeListOptions{Filters: make(client.Filters).Add("dangling", "true")})
+	require.NoError(t, err)
+	for _, v := range vols.Items {
+		assert.NotContains(t, v.Labels["talos.cluster.name"], spec.Name, "volume %s left", v.Name)
+	}
+	_, err = os.Stat(spec.StateDir + "/" + spec.Name)
+	assert.True(t, os.IsNotExist(err), "state directory left")
+}
+
+func TestLeftoversOfACrashedRunAreRemoved(t *testing.T) {
+	w := newStandinWorld(t)
+	spec := clusterSpec(t, "crash", w.image, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	// A run that "crashed": created, never destroyed.
+	first, err := provisioners.Create(ctx, spec, provisioners.WithCaches(w.caches))
+	require.NoError(t, err)
+	_ = first
+
+	var log logBuffer
+	second := provisioners.New(t, spec, provisioners.WithCaches(w.caches), provisioners.WithLogWriter(&log))
+	assert.Contains(t, log.String(), "left by an earlier run")
+	require.NoError(t, second.Wait(ctx), log.String())
+	require.NoError(t, second.Destroy(ctx))
+	assertNothingLeft(t, w.cli, spec)
+}
+
+func TestMissingStandinImageIsNamed(t *testing.T) {
+	dockerenv.Require(t)
+	spec := clusterSpec(t, "noimage", fixtures.StandinRepository+":v1.13.0-missing", 2)
+	spec.TalosVersion = provisioners.DefaultTalosVersion
+	_, err := provisioners.Create(context.Background(), spec)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `node image "pullthrough.local/talos-standin:v1.13.0-missing" is not built`)
+}

@@ -1,0 +1,28 @@
+// Package provisioners creates Talos clusters from Go with Talos's own docker
+// and qemu provisioners, their registry mirrors pointed at a cachetest set.
+//
+// It is talosctl cluster create as a library call: the request and machine
+// configs come from talosctl's clusterops and configmaker, exactly as the
+// command builds them, with --registry-mirror values made from the cache set
+// and the address nodes reach the host on (docker0's address for the docker
+// provisioner, the cluster network's gateway for qemu). Create returns once
+// the provisioner is done, Wait blocks until a Readiness check passes, and
+// Destroy removes containers or VMs, the network and the state directory.
+//
+//	set := cachetest.Get(t)
+//	c := provisioners.New(t, provisioners.Spec{Name: "e2e", ControlPlanes: 1, Workers: 1},
+//		provisioners.WithCaches(set))
+//	if err := c.Wait(ctx); err != nil { … }
+//	t.Log(c.Timings())
+//
+// With a real Talos image (PULLTHROUGH_TALOS_IMAGE=ghcr.io/siderolabs/talos:v1.13.0
+// or Spec.Image), readiness is talosctl's own post-create: bootstrap etcd, then
+// check.Wait with check.DefaultClusterChecks. With the stand-in node image of
+// package fixtures, which only pulls what a node pulls at boot, readiness is
+// the stand-in's done report.
+//
+// Everything this package says goes to the WithLogWriter writer. Talos itself
+// writes two lines straight to stderr that no option silences: "generating
+// PKI and tokens" (its config bundle, which talosctl's configmaker makes
+// verbose) and "destroying network …" (its docker provisioner).
+package provisioners

@@ -1,0 +1,84 @@
+package provisioners
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/moby/moby/client"
+	"github.com/siderolabs/talos/pkg/provision"
+
+	"github.com/pullthrough/pullthrough/internal/dockerenv"
+)
+
+// Labels Talos's docker provisioner puts on what it creates.
+const (
+	labelOwned   = "talos.owned"
+	labelCluster = "talos.cluster.name"
+)
+
+func preflight(ctx context.Context, spec Spec) error {
+	if spec.Provisioner == Qemu {
+		return QemuPreflight(spec)
+	}
+	cli, err := dockerenv.Client(ctx)
+	if err != nil {
+		return fmt.Errorf("docker provisioner: %w", err)
+	}
+	defer cli.Close()
+	if _, err := cli.ImageInspect(ctx, spec.Image); err != nil {
+		if isStandin(spec.Image) {
+			return fmt.Errorf("node image %q is not built: build it with fixtures.BuildStandinImage: %w", spec.Image, err)
+		}
+		// A real image missing here is pulled by the provisioner, as with
+		// talosctl; only say what will happen.
+	}
+	return nil
+}
+
+// removeLeftovers removes what a crashed earlier run with the same cluster
+// name left: the provisioner's own Destroy when its state survived, then any
+// containers and network that still carry the cluster's labels or name.
+func removeLeftovers(ctx context.Context, p *Plan, log io.Writer) error {
+	spec := p.Spec
+	state := filepath.Join(spec.StateDir, spec.Name)
+	if _, err := os.Stat(state); err == nil {
+		if old, err := p.prov.Reflect(ctx, spec.Name, spec.StateDir); err == nil {
+			fmt.Fprintf(log, "removing cluster %q left by an earlier run (state in %s)\n", spec.Name, state)
+			if err := p.prov.Destroy(ctx, old, provision.WithLogWriter(log)); err != nil {
+				fmt.Fprintf(log, "destroying the earlier cluster %q: %v; removing what is left by label\n", spec.Name, err)
+			}
+		}
+		if err := os.RemoveAll(state); err != nil {
+			return fmt.Errorf("removing the state %s of an earlier cluster %q: %w", state, spec.Name, err)
+		}
+	}
+	if spec.Provisioner != Docker {
+		return nil
+	}
+	cli, err := dockerenv.Client(ctx)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	list, err := cli.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: make(client.Filters).Add("label", labelCluster+"="+spec.Name)})
+	if err != nil {
+		return fmt.Errorf("listing containers of cluster %q: %w", spec.Name, err)
+	}
+	if len(list.Items) > 0 {
+		fmt.Fprintf(log, "removing %d containers of cluster %q left by an earlier run\n", len(list.Items), spec.Name)
+		if err := dockerenv.RemoveContainersByLabel(ctx, cli, labelCluster, spec.Name); err != nil {
+			return fmt.Errorf("removing containers of an earlier cluster %q: %w", spec.Name, err)
+		}
+	}
+	if _, err := cli.NetworkInspect(ctx, spec.Name, client.NetworkInspectOptions{}); err == nil {
+		fmt.Fprintf(log, "removing network %q left by an earlier run\n", spec.Name)
+		if _, err := cli.NetworkRemove(ctx, spec.Name, client.NetworkRemoveOptions{}); err != nil {
+			return fmt.Errorf("removing network %q of an earlier cluster: %w", spec.Name, err)
+		}
+	}
+	return nil
+}
+
