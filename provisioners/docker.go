@@ -81,4 +81,3 @@ func removeLeftovers(ctx context.Context, p *Plan, log io.Writer) error {
 	}
 	return nil
 }
-
