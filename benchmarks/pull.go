@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"sync"
 	"testing"
 
 	"github.com/siderolabs/talos/pkg/machinery/config"
@@ -21,6 +22,9 @@ import (
 type Env struct {
 	Knobs     Knobs
 	Upstreams *fixtures.Upstreams
+
+	mu    sync.Mutex
+	nodes map[string]*standin.Node // by mirrors: making a config makes RSA keys
 }
 
 // NewEnv starts the upstreams for k and closes them when tb ends.
@@ -71,7 +75,7 @@ func (e *Env) PullDirect(ctx context.Context) (Result, error) {
 }
 
 func (e *Env) pull(ctx context.Context, mirrors map[string]string) (Result, error) {
-	node, err := nodeFor(e.Knobs.TalosVersion, mirrors)
+	node, err := e.node(mirrors)
 	if err != nil {
 		return Result{}, err
 	}
@@ -88,9 +92,27 @@ func (e *Env) pull(ctx context.Context, mirrors map[string]string) (Result, erro
 	return r, nil
 }
 
-// nodeFor makes a control plane's machine config with these mirrors, with
+func (e *Env) node(mirrors map[string]string) (*standin.Node, error) {
+	key := fmt.Sprint(mirrors) // fmt sorts map keys
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if n, ok := e.nodes[key]; ok {
+		return n, nil
+	}
+	n, err := NodeFor(e.Knobs.TalosVersion, mirrors)
+	if err != nil {
+		return nil, err
+	}
+	if e.nodes == nil {
+		e.nodes = map[string]*standin.Node{}
+	}
+	e.nodes[key] = n
+	return n, nil
+}
+
+// NodeFor makes a control plane's machine config with these mirrors, with
 // Talos's generator, and loads it as the stand-in node does.
-func nodeFor(version string, mirrors map[string]string) (*standin.Node, error) {
+func NodeFor(version string, mirrors map[string]string) (*standin.Node, error) {
 	contract, err := config.ParseContractFromVersion(version)
 	if err != nil {
 		return nil, fmt.Errorf("talos version %q: %w", version, err)

@@ -155,6 +155,7 @@ func New(ctx context.Context, cfg Config) (c *Cache, err error) {
 		mode:    cfg.Mode,
 		access:  cfg.Access,
 		log:     log,
+		files:   blobFiles{driver: driver},
 		ctx:     base,
 		flights: map[string]*flight{},
 	}

@@ -24,6 +24,7 @@ type front struct {
 	mode   Mode
 	access *AccessPolicy
 	log    *slog.Logger
+	files  blobFiles
 
 	// ctx bounds detached fetches; it ends when the cache closes.
 	ctx context.Context
@@ -59,6 +60,9 @@ func (f *front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	if f.local.has(ctx, rt) {
 		f.stats.hits.Add(1)
+		if rt.kind == kindBlob && f.files.serveBlob(ctx, cw, r, digest.Digest(rt.ref)) {
+			return
+		}
 		f.app.ServeHTTP(cw, r)
 		return
 	}
@@ -91,6 +95,9 @@ func (f *front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		w.WriteHeader(fl.status)
 		_, _ = w.Write(fl.body)
+		return
+	}
+	if f.files.serveBlob(ctx, cw, r, digest.Digest(rt.ref)) {
 		return
 	}
 	f.app.ServeHTTP(cw, r)
