@@ -15,6 +15,11 @@ import (
 func (u Upstream) authenticator() (authn.Authenticator, error) {
 	switch {
 	case u.CredentialHelper != "":
+		// ggcr's helper keychain falls back to anonymous when the helper
+		// cannot run; a helper that is not there is a mistake to report.
+		if _, err := exec.LookPath("docker-credential-" + u.CredentialHelper); err != nil {
+			return nil, fmt.Errorf("upstream %s: credential helper %q: docker-credential-%s is not on PATH", u.Host, u.CredentialHelper, u.CredentialHelper)
+		}
 		reg, err := name.NewRegistry(hostOf(u.URL))
 		if err != nil {
 			return nil, fmt.Errorf("upstream %s: parsing registry host: %w", u.Host, err)

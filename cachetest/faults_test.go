@@ -242,3 +242,29 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 }
 
 func fmtAll(v any) string { return fmt.Sprintf("%v %+v %#v %s", v, v, v, v) }
+
+func TestCredentialHelperIsAskedAndNeverShown(t *testing.T) {
+	const secret = "helper-S3cret-plugh"
+	up := newTestUpstream(t)
+	img := up.push(t, "app:v1", 15)
+	up.set(func(u *testUpstream) { u.user, u.pass = "robot", secret })
+	// A Docker credential helper, as docker-credential-<name> on PATH.
+	bin := t.TempDir()
+	script := "#!/bin/sh\nread server\necho '{\"ServerURL\":\"'$server'\",\"Username\":\"robot\",\"Secret\":\"" + secret + "\"}'\n"
+	require.NoError(t, os.WriteFile(filepath.Join(bin, "docker-credential-pttest"), []byte(script), 0o755))
+	t.Setenv("PATH", bin+string(os.PathListSeparator)+os.Getenv("PATH"))
+
+	var logs strings.Builder
+	u := up.upstream("registry.test")
+	u.CredentialHelper = "pttest"
+	set := cachetest.New(t, cachetest.WithUpstreams(u), cachetest.WithLogger(newTextLogger(&logs)))
+	got, err := pull(testCtx(t), set.Cache("registry.test"), "app:v1")
+	require.NoError(t, err)
+	assert.Equal(t, digestOf(t, img), got)
+	assert.NotContains(t, logs.String()+fmtAll(u), secret)
+
+	u.CredentialHelper = "pt-missing-helper"
+	_, err = cachetest.Start(testCtx(t), cachetest.WithUpstreams(u), cachetest.WithStorageDir(t.TempDir()))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `credential helper "pt-missing-helper"`)
+}
