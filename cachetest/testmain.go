@@ -17,10 +17,12 @@ var current atomic.Pointer[Set]
 // Get. If the caches cannot start, Main reports why on stderr, as the testing
 // package reports its own failures, and exits 1.
 func Main(m *testing.M, opts ...Option) {
-	os.Exit(run(m, opts))
+	os.Exit(Run(m, opts...))
 }
 
-func run(m *testing.M, opts []Option) int {
+// Run is Main without the exit, for a TestMain with work of its own to do
+// after the tests: it returns the code to exit with.
+func Run(m *testing.M, opts ...Option) int {
 	if !flag.Parsed() {
 		flag.Parse()
 	}
