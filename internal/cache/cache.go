@@ -148,16 +148,17 @@ func New(ctx context.Context, cfg Config) (c *Cache, err error) {
 		return c, fmt.Errorf("upstream %q: starting distribution: %w", cfg.Host, err)
 	}
 	c.front = &front{
-		host:    cfg.Host,
-		app:     c.app,
-		local:   local,
-		stats:   c.stats,
-		mode:    cfg.Mode,
-		access:  cfg.Access,
-		log:     log,
-		files:   blobFiles{driver: driver},
-		ctx:     base,
-		flights: map[string]*flight{},
+		host:      cfg.Host,
+		app:       c.app,
+		local:     local,
+		stats:     c.stats,
+		mode:      cfg.Mode,
+		access:    cfg.Access,
+		log:       log,
+		files:     blobFiles{driver: driver},
+		manifests: manifestFiles{local: local, tags: gw.tags, mode: cfg.Mode, tagTTL: cfg.TagTTL, now: gw.now},
+		ctx:       base,
+		flights:   map[string]*flight{},
 	}
 	return c, nil
 }

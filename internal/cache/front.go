@@ -17,14 +17,15 @@ const HeaderUpstream = "Pullthrough-Upstream"
 // front is the handler clients talk to. It counts, enforces access and strict
 // mode, and turns concurrent requests for one blob into one upstream fetch.
 type front struct {
-	host   string
-	app    http.Handler
-	local  *localView
-	stats  *counters
-	mode   Mode
-	access *AccessPolicy
-	log    *slog.Logger
-	files  blobFiles
+	host      string
+	app       http.Handler
+	local     *localView
+	stats     *counters
+	mode      Mode
+	access    *AccessPolicy
+	log       *slog.Logger
+	files     blobFiles
+	manifests manifestFiles
 
 	// ctx bounds detached fetches; it ends when the cache closes.
 	ctx context.Context
@@ -61,6 +62,9 @@ func (f *front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if f.local.has(ctx, rt) {
 		f.stats.hits.Add(1)
 		if rt.kind == kindBlob && f.files.serveBlob(ctx, cw, r, digest.Digest(rt.ref)) {
+			return
+		}
+		if rt.kind == kindManifest && f.manifests.serve(ctx, cw, r, rt) {
 			return
 		}
 		f.app.ServeHTTP(cw, r)

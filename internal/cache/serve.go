@@ -5,6 +5,8 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/distribution/distribution/v3/registry/storage/driver"
@@ -62,4 +64,73 @@ func (c *countingWriter) ReadFrom(r io.Reader) (int64, error) {
 	}
 	n, err := io.Copy(struct{ io.Writer }{c}, r)
 	return n, err
+}
+
+// manifestFiles answers warm manifest requests from storage, when the
+// request needs nothing from upstream: by digest always, by tag when the
+// cache would not ask upstream anyway (offline or strict mode, or the tag
+// checked within its TTL). Everything else goes through distribution.
+type manifestFiles struct {
+	local  *localView
+	tags   *tagBook
+	mode   Mode
+	tagTTL time.Duration
+	now    func() time.Time
+}
+
+func (m manifestFiles) serve(ctx context.Context, w http.ResponseWriter, r *http.Request, rt route) bool {
+	repo, ok := m.local.repo(ctx, rt.name)
+	if !ok {
+		return false
+	}
+	dgst, err := digest.Parse(rt.ref)
+	if err != nil {
+		if m.mode == ModeOnline && !m.tags.fresh(rt.String(), m.tagTTL, m.now()) {
+			return false
+		}
+		desc, err := repo.Tags(ctx).Get(ctx, rt.ref)
+		if err != nil {
+			return false
+		}
+		dgst = desc.Digest
+	}
+	ms, err := repo.Manifests(ctx)
+	if err != nil {
+		return false
+	}
+	man, err := ms.Get(ctx, dgst)
+	if err != nil {
+		return false
+	}
+	mediaType, payload, err := man.Payload()
+	if err != nil || !accepts(r.Header.Values("Accept"), mediaType) {
+		// Distribution knows how to answer a client that does not take
+		// this format.
+		return false
+	}
+	h := w.Header()
+	h.Set("Content-Type", mediaType)
+	h.Set("Docker-Content-Digest", dgst.String())
+	h.Set("Etag", `"`+dgst.String()+`"`)
+	h.Set("Content-Length", strconv.Itoa(len(payload)))
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(payload)
+	}
+	return true
+}
+
+func accepts(accept []string, mediaType string) bool {
+	if len(accept) == 0 {
+		return false
+	}
+	for _, a := range accept {
+		for _, part := range strings.Split(a, ",") {
+			t, _, _ := strings.Cut(strings.TrimSpace(part), ";")
+			if t == mediaType || t == "*/*" {
+				return true
+			}
+		}
+	}
+	return false
 }
