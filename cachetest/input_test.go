@@ -3,6 +3,7 @@ package cachetest_test
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -91,4 +92,16 @@ func TestBridgeAddresses(t *testing.T) {
 	lo, err := cachetest.InterfaceIP("lo")
 	require.NoError(t, err)
 	assert.Equal(t, "127.0.0.1", lo)
+}
+
+func TestListenWithoutLoopback(t *testing.T) {
+	ip, err := cachetest.DockerBridgeIP()
+	if err != nil {
+		t.Skipf("no docker0 to listen on: %v", err)
+	}
+	set := cachetest.New(t, cachetest.WithUpstreams(cachetest.Upstream{Host: "registry.test", URL: "http://127.0.0.1:9"}),
+		cachetest.WithListenAddrs(ip))
+	assert.Equal(t, ip, strings.Split(set.Cache("registry.test").Addr(), ":")[0])
+	_, err = set.Mirrors("127.0.0.1")
+	assert.Error(t, err, "loopback is not a listen address here")
 }

@@ -31,6 +31,7 @@ type Set struct {
 // Cache is one upstream's cache in a Set.
 type Cache struct {
 	up      Upstream
+	host    string // where this process reaches the cache: a listen address
 	port    int
 	engine  *cache.Cache // nil when a cache already on the port is reused
 	servers []*http.Server
@@ -123,7 +124,10 @@ func (s *settings) listenAddrs() ([]string, error) {
 
 func startCache(ctx context.Context, s *settings, u Upstream, addrs []string, storage string) (*Cache, error) {
 	remote, _ := u.validate()
-	c := &Cache{up: u, storage: storage}
+	c := &Cache{up: u, storage: storage, host: addrs[0]}
+	if c.host == "0.0.0.0" {
+		c.host = "127.0.0.1"
+	}
 	lns, err := listen(ctx, u, addrs, s.fixedPorts)
 	if errors.Is(err, errReuse) {
 		c.port = u.Port
@@ -240,10 +244,11 @@ func (c *Cache) Host() string { return c.up.Host }
 // Port is the port the cache listens on, on every listen address.
 func (c *Cache) Port() int { return c.port }
 
-// Addr is the cache's loopback host:port.
-func (c *Cache) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(c.port)) }
+// Addr is the host:port this process reaches the cache on: loopback unless
+// the listen addresses leave it out.
+func (c *Cache) Addr() string { return net.JoinHostPort(c.host, strconv.Itoa(c.port)) }
 
-// Endpoint is the cache's loopback URL, for clients on this host.
+// Endpoint is Addr as a URL, for clients on this host.
 func (c *Cache) Endpoint() string { return "http://" + c.Addr() }
 
 // StorageDir is where the cache keeps its content.

@@ -10,16 +10,18 @@ import (
 )
 
 // AccessPolicy decides which client addresses a cache answers. The zero value
-// admits loopback and the subnets of this host's bridge interfaces (docker0,
-// Docker networks, the qemu provisioner's bridge), which is where Talos nodes
-// pull from.
+// admits this host itself (loopback and its own addresses: Docker's NAT can
+// make a local client appear under eth0's) and the subnets of its bridge
+// interfaces (docker0, Docker networks, the qemu provisioner's bridge), which
+// is where Talos nodes pull from.
 type AccessPolicy struct {
 	// Open admits every client.
 	Open bool
 	// Allow admits these networks in addition.
 	Allow []netip.Prefix
 
-	// bridges lists the host's bridge subnets; tests replace it.
+	// bridges lists the host's own addresses (as /32 or /128) and its
+	// bridge subnets; tests replace it.
 	bridges func() []netip.Prefix
 
 	mu        sync.Mutex
@@ -77,7 +79,8 @@ func contains(ps []netip.Prefix, ip netip.Addr) bool {
 	return false
 }
 
-// bridgeSubnets lists the subnets of the host's Linux bridge interfaces.
+// bridgeSubnets lists the host's own addresses and the subnets of its Linux
+// bridge interfaces.
 func bridgeSubnets() []netip.Prefix {
 	ifaces, err := net.Interfaces()
 	if err != nil {
@@ -85,9 +88,8 @@ func bridgeSubnets() []netip.Prefix {
 	}
 	var out []netip.Prefix
 	for _, ifc := range ifaces {
-		if _, err := os.Stat(filepath.Join("/sys/class/net", ifc.Name, "bridge")); err != nil {
-			continue
-		}
+		_, err := os.Stat(filepath.Join("/sys/class/net", ifc.Name, "bridge"))
+		bridge := err == nil
 		addrs, err := ifc.Addrs()
 		if err != nil {
 			continue
@@ -101,8 +103,12 @@ func bridgeSubnets() []netip.Prefix {
 			if !ok {
 				continue
 			}
-			ones, _ := n.Mask.Size()
-			out = append(out, netip.PrefixFrom(ip.Unmap(), ones).Masked())
+			ip = ip.Unmap()
+			out = append(out, netip.PrefixFrom(ip, ip.BitLen()))
+			if bridge {
+				ones, _ := n.Mask.Size()
+				out = append(out, netip.PrefixFrom(ip, ones).Masked())
+			}
 		}
 	}
 	return out
