@@ -199,14 +199,19 @@ func (d *discardRecorder) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// countingWriter counts response bytes before writing them, so that a
+// client that has read its last byte sees it in the counters already.
 type countingWriter struct {
 	http.ResponseWriter
 	n interface{ Add(int64) int64 }
 }
 
 func (c *countingWriter) Write(p []byte) (int, error) {
+	c.n.Add(int64(len(p)))
 	n, err := c.ResponseWriter.Write(p)
-	c.n.Add(int64(n))
+	if n < len(p) {
+		c.n.Add(int64(n - len(p)))
+	}
 	return n, err
 }
 

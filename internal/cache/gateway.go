@@ -140,8 +140,8 @@ func (g *gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		g.blobHeads.Store(rt.ref, w.Header().Clone())
 	}
 	w.WriteHeader(resp.StatusCode)
-	n, err := io.Copy(w, resp.Body)
-	g.stats.upstreamBytes.Add(n)
+	// Counted as read, before distribution gets the bytes.
+	n, err := io.Copy(w, countingReader{resp.Body, &g.stats.upstreamBytes})
 	if err != nil {
 		// Abort the connection so the proxy sees a broken body, never a short
 		// one that it might take for complete.
@@ -213,6 +213,17 @@ func (g *gateway) transportFor(ctx context.Context, repo string) (http.RoundTrip
 	g.transports[repo] = tr
 	g.mu.Unlock()
 	return tr, nil
+}
+
+type countingReader struct {
+	r io.Reader
+	n *atomic.Int64
+}
+
+func (c countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
 }
 
 // countingTransport sits under the auth transport, so pings, token requests

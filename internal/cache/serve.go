@@ -55,17 +55,6 @@ func (b blobFiles) serveBlob(ctx context.Context, w http.ResponseWriter, r *http
 	return true
 }
 
-// ReadFrom keeps sendfile reachable through the counting wrapper.
-func (c *countingWriter) ReadFrom(r io.Reader) (int64, error) {
-	if rf, ok := c.ResponseWriter.(io.ReaderFrom); ok {
-		n, err := rf.ReadFrom(r)
-		c.n.Add(n)
-		return n, err
-	}
-	n, err := io.Copy(struct{ io.Writer }{c}, r)
-	return n, err
-}
-
 // manifestFiles answers warm manifest requests from storage, when the
 // request needs nothing from upstream: by digest always, by tag when the
 // cache would not ask upstream anyway (offline or strict mode, or the tag
