@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/distribution/distribution/v3/registry/storage/driver"
@@ -48,12 +49,30 @@ func (b blobFiles) serveBlob(ctx context.Context, w http.ResponseWriter, r *http
 	h.Set("Etag", `"`+dgst.String()+`"`)
 	// Content by digest never changes, as distribution says for its blobs.
 	h.Set("Cache-Control", "max-age=31536000")
+	if r.Header.Get("Range") == "" {
+		st, err := f.Stat()
+		if err != nil {
+			return false
+		}
+		h.Set("Content-Length", strconv.FormatInt(st.Size(), 10))
+		w.WriteHeader(http.StatusOK)
+		if r.Method != http.MethodHead {
+			buf := copyBufs.Get().(*[]byte)
+			_, _ = io.CopyBuffer(w, struct{ io.Reader }{f}, *buf)
+			copyBufs.Put(buf)
+		}
+		return true
+	}
 	// The file is hidden behind a plain io.ReadSeeker so that net/http copies
 	// it rather than using sendfile: on this project's VMs sendfile moved
 	// 100 MB over loopback in 106–158 ms against 60–78 ms for the copy.
 	http.ServeContent(w, r, "", time.Time{}, struct{ io.ReadSeeker }{f})
 	return true
 }
+
+// copyBufs serve whole blobs in 256 KiB reads and writes, an eighth of the
+// system calls of io.Copy's 32 KiB.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
 
 // manifestFiles answers warm manifest requests from storage, when the
 // request needs nothing from upstream: by digest always, by tag when the
