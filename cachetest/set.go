@@ -289,8 +289,14 @@ func (c *Cache) ResetStats() {
 
 func (c *Cache) close() error {
 	var errs []error
+	// Let requests under way finish, briefly, so none reaches the engine
+	// after it closed; then drop whatever is left.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
 	for _, srv := range c.servers {
-		errs = append(errs, srv.Close())
+		if err := srv.Shutdown(ctx); err != nil {
+			errs = append(errs, srv.Close())
+		}
 	}
 	if c.engine != nil {
 		errs = append(errs, c.engine.Close())

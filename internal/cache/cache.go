@@ -76,6 +76,7 @@ const (
 // gateway its proxy fetches through.
 type Cache struct {
 	front   *front
+	gw      *gateway
 	app     *handlers.App
 	gwSrv   *http.Server
 	gwLn    net.Listener
@@ -135,6 +136,7 @@ func New(ctx context.Context, cfg Config) (c *Cache, err error) {
 		now:               time.Now,
 		transports:        map[string]http.RoundTripper{},
 	}
+	c.gw = gw
 	c.gwLn, err = net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return c, fmt.Errorf("upstream %q: listening for the gateway on loopback: %w", cfg.Host, err)
@@ -218,7 +220,13 @@ func (c *Cache) StorageDir() string { return c.storage }
 func (c *Cache) Close() error {
 	c.cancel()
 	if c.front != nil {
+		c.front.mu.Lock()
+		c.front.closed = true
+		c.front.mu.Unlock()
 		c.front.wg.Wait()
+	}
+	if c.gw != nil {
+		c.gw.base.CloseIdleConnections()
 	}
 	var errs []error
 	if c.app != nil {

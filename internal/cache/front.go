@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -33,6 +34,7 @@ type front struct {
 
 	mu      sync.Mutex
 	flights map[string]*flight
+	closed  bool // no new fetches: Close is waiting for the others
 }
 
 // flight is one upstream fetch of a blob, shared by every request for it.
@@ -94,9 +96,12 @@ func (f *front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if fl.status/100 != 2 {
-		for k, v := range fl.header {
-			w.Header()[k] = v
+		// Only the error's own headers: distribution may have set the blob's
+		// Content-Length before the fetch failed.
+		if ct := fl.header.Get("Content-Type"); ct != "" {
+			w.Header().Set("Content-Type", ct)
 		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(fl.body)))
 		w.WriteHeader(fl.status)
 		_, _ = w.Write(fl.body)
 		return
@@ -114,6 +119,11 @@ func (f *front) join(rt route) *flight {
 	key := rt.name + "@" + rt.ref
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.closed {
+		fl := &flight{done: make(chan struct{}), status: http.StatusServiceUnavailable, body: []byte("cache closing\n")}
+		close(fl.done)
+		return fl
+	}
 	if fl, ok := f.flights[key]; ok {
 		f.stats.coalesced.Add(1)
 		return fl

@@ -29,7 +29,7 @@ type gateway struct {
 	tagTTL time.Duration
 	// revalidateTimeout bounds a tag check when a cached copy exists.
 	revalidateTimeout time.Duration
-	base              http.RoundTripper
+	base              *http.Transport
 	local             *localView
 	tags              *tagBook
 	stats             *counters
@@ -38,7 +38,7 @@ type gateway struct {
 
 	mu         sync.Mutex
 	transports map[string]http.RoundTripper // by repository
-	blobHeads  sync.Map                     // digest → http.Header
+	blobHeads  sync.Map                     // name@digest → http.Header
 
 	// downUntil is a unix-nano deadline: while it is in the future, tag
 	// revalidations skip upstream at once instead of each waiting for a timeout.
@@ -79,6 +79,11 @@ func (g *gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// The proxy resolves a tag with a HEAD and falls back to its local tag when
 	// that fails; a GET by tag that follows is the manifest content itself,
 	// asked for only when it is not in storage, so it always goes upstream.
+	if isTag && r.Method == http.MethodGet && g.isDown() && g.local.hasTag(ctx, rt.name, rt.ref) {
+		// distribution's client follows a failed tag HEAD with a GET; with
+		// upstream down, that GET must not wait for a timeout again.
+		g.serveLocal("tag served from cache: upstream recently unreachable")
+	}
 	if isTag && r.Method == http.MethodHead && g.local.hasTag(ctx, rt.name, rt.ref) {
 		switch {
 		case g.mode != ModeOnline:
@@ -94,7 +99,7 @@ func (g *gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer cancel()
 	}
 	if rt.kind == kindBlob && r.Method == http.MethodHead {
-		if h, ok := g.blobHeads.Load(rt.ref); ok {
+		if h, ok := g.blobHeads.Load(rt.name + "@" + rt.ref); ok {
 			// Blobs are addressed by content, so a HEAD answered once holds
 			// for good. The proxy HEADs each blob twice before its GET; on a
 			// 30 ms link that is worth saving.
@@ -111,7 +116,10 @@ func (g *gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	resp, err := g.forward(ctx, r, rt)
 	if err != nil {
-		g.markDown()
+		if r.Context().Err() == nil {
+			// Not the client going away: the upstream failed.
+			g.markDown()
+		}
 		if revalidating {
 			g.log.Warn("revalidating tag failed; serving the cached copy", "ref", rt.String(), "error", err)
 			g.serveLocal("tag served from cache: revalidation failed")
@@ -122,7 +130,18 @@ func (g *gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer resp.Body.Close()
 	g.log.Debug("upstream answered", "method", r.Method, "ref", rt.String(), "status", resp.StatusCode)
-	g.markUp()
+	failing := resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests
+	if failing {
+		g.markDown()
+	} else {
+		g.markUp()
+	}
+	if revalidating && (resp.StatusCode != http.StatusOK || resp.Header.Get("Docker-Content-Digest") == "") {
+		// Any other answer would make distribution retry with a GET by
+		// tag, unbounded and counted against rate limits: keep the copy.
+		g.log.Warn("revalidating tag: upstream answered without a digest; serving the cached copy", "ref", rt.String(), "status", resp.StatusCode)
+		g.serveLocal("tag served from cache: revalidation answered " + resp.Status)
+	}
 	if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
 		g.log.Warn("upstream refused access; check this upstream's credentials", "ref", rt.String(), "status", resp.StatusCode)
 	}
@@ -137,7 +156,7 @@ func (g *gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if rt.kind == kindBlob && r.Method == http.MethodHead && resp.StatusCode == http.StatusOK {
-		g.blobHeads.Store(rt.ref, w.Header().Clone())
+		g.blobHeads.Store(rt.name+"@"+rt.ref, w.Header().Clone())
 	}
 	w.WriteHeader(resp.StatusCode)
 	// Counted as read, before distribution gets the bytes.
