@@ -145,21 +145,26 @@ func (c *Cluster) Wait(ctx context.Context) error {
 // to call twice.
 func (c *Cluster) Destroy(ctx context.Context) error {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.destroyed {
-		c.mu.Unlock()
 		return nil
 	}
-	c.destroyed = true
-	c.mu.Unlock()
-	defer c.plan.close()
 	err := c.plan.prov.Destroy(ctx, c.cluster, provision.WithLogWriter(c.log), provision.WithDeleteOnErr(true))
 	if err != nil {
+		// What the provisioner could not remove goes by label, as the
+		// leftovers of a crashed run do.
 		err = fmt.Errorf("cluster %q: destroying: %w", c.plan.Spec.Name, err)
+		if rerr := removeLeftovers(ctx, c.plan, c.log); rerr != nil {
+			return errors.Join(err, rerr)
+		}
+		fmt.Fprintf(c.log, "%v; removed what was left by label\n", err)
 	}
 	if rerr := os.RemoveAll(filepath.Join(c.plan.Spec.StateDir, c.plan.Spec.Name)); rerr != nil {
-		err = errors.Join(err, rerr)
+		return errors.Join(err, rerr)
 	}
-	return err
+	c.destroyed = true
+	c.plan.close()
+	return nil
 }
 
 // Timings returns how long each phase took so far.

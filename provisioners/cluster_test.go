@@ -171,7 +171,13 @@ func TestLeftoversOfACrashedRunAreRemoved(t *testing.T) {
 	// A run that "crashed": created, never destroyed.
 	first, err := provisioners.Create(ctx, spec, provisioners.WithCaches(w.caches))
 	require.NoError(t, err)
-	_ = first
+	require.NotNil(t, first)
+	t.Cleanup(func() { // in case the test fails before the second run removes them
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		dockerenv.RemoveContainersByLabel(ctx, w.cli, "talos.cluster.name", spec.Name)
+		dockerenv.RemoveNetworksByLabel(ctx, w.cli, "talos.cluster.name", spec.Name)
+	})
 
 	var log logBuffer
 	second := provisioners.New(t, spec, provisioners.WithCaches(w.caches), provisioners.WithLogWriter(&log))

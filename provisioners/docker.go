@@ -73,9 +73,15 @@ func removeLeftovers(ctx context.Context, p *Plan, log io.Writer) error {
 			return fmt.Errorf("removing containers of an earlier cluster %q: %w", spec.Name, err)
 		}
 	}
-	if _, err := cli.NetworkInspect(ctx, spec.Name, client.NetworkInspectOptions{}); err == nil {
+	// By label, not by name: a network that merely shares the name (or
+	// whose ID starts with it) is not ours to remove.
+	nets, err := cli.NetworkList(ctx, client.NetworkListOptions{Filters: make(client.Filters).Add("label", labelCluster+"="+spec.Name)})
+	if err != nil {
+		return fmt.Errorf("listing networks of cluster %q: %w", spec.Name, err)
+	}
+	if len(nets.Items) > 0 {
 		fmt.Fprintf(log, "removing network %q left by an earlier run\n", spec.Name)
-		if _, err := cli.NetworkRemove(ctx, spec.Name, client.NetworkRemoveOptions{}); err != nil {
+		if err := dockerenv.RemoveNetworksByLabel(ctx, cli, labelCluster, spec.Name); err != nil {
 			return fmt.Errorf("removing network %q of an earlier cluster: %w", spec.Name, err)
 		}
 	}
