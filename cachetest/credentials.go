@@ -8,37 +8,37 @@ import (
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/authn"
-	"github.com/google/go-containerregistry/pkg/name"
 )
 
 // authenticator returns nil for anonymous access.
 func (u Upstream) authenticator() (authn.Authenticator, error) {
 	switch {
 	case u.CredentialHelper != "":
-		// ggcr's helper keychain falls back to anonymous when the helper
-		// cannot run; a helper that is not there is a mistake to report.
 		if _, err := exec.LookPath("docker-credential-" + u.CredentialHelper); err != nil {
 			return nil, fmt.Errorf("upstream %s: credential helper %q: docker-credential-%s is not on PATH", u.Host, u.CredentialHelper, u.CredentialHelper)
 		}
-		reg, err := name.NewRegistry(hostOf(u.URL))
-		if err != nil {
-			return nil, fmt.Errorf("upstream %s: parsing registry host: %w", u.Host, err)
-		}
-		kc := authn.NewKeychainFromHelper(credentialHelper(u.CredentialHelper))
-		a, err := kc.Resolve(reg)
+		// Asked directly, not through ggcr's keychain, which turns a
+		// helper's failure into anonymous access without a word.
+		user, secret, err := credentialHelper(u.CredentialHelper).Get(helperServer(u.Host))
 		if err != nil {
 			return nil, fmt.Errorf("upstream %s: asking credential helper %q: %w", u.Host, u.CredentialHelper, err)
 		}
-		return a, nil
+		if user == "<token>" {
+			return authn.FromConfig(authn.AuthConfig{IdentityToken: secret}), nil
+		}
+		return &authn.Basic{Username: user, Password: secret}, nil
 	case u.Username != "" || u.Password != "":
 		return &authn.Basic{Username: u.Username, Password: u.Password}, nil
 	}
 	return nil, nil
 }
 
-func hostOf(rawURL string) string {
-	_, rest, _ := strings.Cut(rawURL, "://")
-	host, _, _ := strings.Cut(rest, "/")
+// helperServer is the server name Docker stores a registry's credentials
+// under: Docker Hub's is its v1 index URL, whatever host serves the pulls.
+func helperServer(host string) string {
+	if host == "docker.io" || host == "index.docker.io" || host == "registry-1.docker.io" {
+		return authn.DefaultAuthKey
+	}
 	return host
 }
 

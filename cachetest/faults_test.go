@@ -250,7 +250,9 @@ func TestCredentialHelperIsAskedAndNeverShown(t *testing.T) {
 	up.set(func(u *testUpstream) { u.user, u.pass = "robot", secret })
 	// A Docker credential helper, as docker-credential-<name> on PATH.
 	bin := t.TempDir()
-	script := "#!/bin/sh\nread server\necho '{\"ServerURL\":\"'$server'\",\"Username\":\"robot\",\"Secret\":\"" + secret + "\"}'\n"
+	// It knows registry.test only, as a helper that holds one login.
+	script := "#!/bin/sh\nread server\n[ \"$server\" = registry.test ] || { echo 'credentials not found in native keychain' >&2; exit 1; }\n" +
+		"echo '{\"ServerURL\":\"'$server'\",\"Username\":\"robot\",\"Secret\":\"" + secret + "\"}'\n"
 	require.NoError(t, os.WriteFile(filepath.Join(bin, "docker-credential-pttest"), []byte(script), 0o755))
 	t.Setenv("PATH", bin+string(os.PathListSeparator)+os.Getenv("PATH"))
 
@@ -262,6 +264,13 @@ func TestCredentialHelperIsAskedAndNeverShown(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, digestOf(t, img), got)
 	assert.NotContains(t, logs.String()+fmtAll(u), secret)
+
+	// A helper without a login for the host is an error, not anonymous.
+	other := u
+	other.Host = "other.test"
+	_, err = cachetest.Start(testCtx(t), cachetest.WithUpstreams(other), cachetest.WithStorageDir(t.TempDir()))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "credentials not found")
 
 	u.CredentialHelper = "pt-missing-helper"
 	_, err = cachetest.Start(testCtx(t), cachetest.WithUpstreams(u), cachetest.WithStorageDir(t.TempDir()))
