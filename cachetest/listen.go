@@ -26,7 +26,7 @@ var errReuse = errors.New("reuse")
 // listen opens one listener per address, all on the same port. With an
 // OS-chosen port, the first address picks it and a clash on a later address
 // starts over with a new one.
-func listen(ctx context.Context, u Upstream, addrs []string, fixed bool) ([]net.Listener, error) {
+func listen(ctx context.Context, u Upstream, addrs []string, fixed bool, want string) ([]net.Listener, error) {
 	port := 0
 	if fixed {
 		if u.Port < 1 || u.Port > 65535 {
@@ -47,9 +47,13 @@ func listen(ctx context.Context, u Upstream, addrs []string, fixed bool) ([]net.
 			continue
 		}
 		if fixed {
-			if owner := probeOwner(ctx, clash.hostPort); owner == u.Host {
+			owner, identity := probeOwner(ctx, clash.hostPort)
+			switch {
+			case owner == u.Host && identity == want:
 				return nil, errReuse
-			} else if owner != "" {
+			case owner == u.Host:
+				return nil, fmt.Errorf("upstream %s: port %d on %s: %w by a pullthrough cache for %s with another remote or mode (%s, want %s)", u.Host, port, clash.addr, ErrPortInUse, owner, identity, want)
+			case owner != "":
 				return nil, fmt.Errorf("upstream %s: port %d on %s: %w by a pullthrough cache for %s", u.Host, port, clash.addr, ErrPortInUse, owner)
 			}
 			return nil, fmt.Errorf("upstream %s: port %d on %s: %w by another program (not a pullthrough cache)", u.Host, port, clash.addr, ErrPortInUse)
@@ -94,20 +98,20 @@ func listenAll(addrs []string, port int) ([]net.Listener, error) {
 }
 
 // probeOwner asks whatever holds a port whether it is a pullthrough cache,
-// and for which upstream.
-func probeOwner(ctx context.Context, hostPort string) string {
+// and for which upstream, remote and mode.
+func probeOwner(ctx context.Context, hostPort string) (host, identity string) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+hostPort+"/v2/", nil)
 	if err != nil {
-		return ""
+		return "", ""
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return ""
+		return "", ""
 	}
 	resp.Body.Close()
-	return resp.Header.Get(cache.HeaderUpstream)
+	return resp.Header.Get(cache.HeaderUpstream), resp.Header.Get(cache.HeaderIdentity)
 }
 
 // waitReady polls GET /v2/ until it answers 200.

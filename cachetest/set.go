@@ -128,7 +128,7 @@ func startCache(ctx context.Context, s *settings, u Upstream, addrs []string, st
 	if c.host == "0.0.0.0" {
 		c.host = "127.0.0.1"
 	}
-	lns, err := listen(ctx, u, addrs, s.fixedPorts)
+	lns, err := listen(ctx, u, addrs, s.fixedPorts, cache.Identity(remote.String(), s.mode))
 	if errors.Is(err, errReuse) {
 		c.port = u.Port
 		return c, nil

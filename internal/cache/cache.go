@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -151,6 +152,7 @@ func New(ctx context.Context, cfg Config) (c *Cache, err error) {
 	}
 	c.front = &front{
 		host:      cfg.Host,
+		identity:  Identity(cfg.Remote.String(), cfg.Mode),
 		app:       c.app,
 		local:     local,
 		stats:     c.stats,
@@ -163,6 +165,14 @@ func New(ctx context.Context, cfg Config) (c *Cache, err error) {
 		flights:   map[string]*flight{},
 	}
 	return c, nil
+}
+
+// Identity names what a cache does: its remote (hashed, so no URL detail is
+// exposed) and its mode. Two caches with the same identity are
+// interchangeable.
+func Identity(remote string, mode Mode) string {
+	sum := sha256.Sum256([]byte(remote))
+	return hex.EncodeToString(sum[:6]) + "/" + mode.String()
 }
 
 // newApp embeds distribution in proxy mode. NewApp panics on bad

@@ -3,22 +3,28 @@ package cache
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"sync"
 
 	"github.com/opencontainers/go-digest"
 )
 
 // HeaderUpstream is set on every response of a cache to the registry host it
-// caches. cachetest uses it to recognise a cache of its own on a fixed port.
-const HeaderUpstream = "Pullthrough-Upstream"
+// caches, and HeaderIdentity to its remote's identity and mode. cachetest
+// uses them to recognise a cache of its own, doing the same job, on a fixed
+// port.
+const (
+	HeaderUpstream = "Pullthrough-Upstream"
+	HeaderIdentity = "Pullthrough-Identity"
+)
 
 // front is the handler clients talk to. It counts, enforces access and strict
 // mode, and turns concurrent requests for one blob into one upstream fetch.
 type front struct {
 	host      string
+	identity  string // Identity of the remote and mode
 	app       http.Handler
 	local     *localView
 	stats     *counters
@@ -47,6 +53,7 @@ type flight struct {
 
 func (f *front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set(HeaderUpstream, f.host)
+	w.Header().Set(HeaderIdentity, f.identity)
 	if !f.access.Allowed(r.RemoteAddr) {
 		f.log.Warn("refused client outside loopback and local bridge networks", "client", r.RemoteAddr)
 		writeRegistryError(w, http.StatusForbidden, "DENIED",
