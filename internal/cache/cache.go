@@ -95,11 +95,11 @@ func New(ctx context.Context, cfg Config) (c *Cache, err error) {
 	if err := checkWritable(cfg.StorageDir); err != nil {
 		return nil, fmt.Errorf("upstream %q: storage directory %q is not writable: %w", cfg.Host, cfg.StorageDir, err)
 	}
-	log := cfg.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+	setLog := cfg.Logger
+	if setLog == nil {
+		setLog = slog.New(slog.DiscardHandler)
 	}
-	log = log.With("upstream", cfg.Host)
+	log := setLog.With("upstream", cfg.Host)
 	def := func(d *time.Duration, v time.Duration) {
 		if *d == 0 {
 			*d = v
@@ -145,7 +145,7 @@ func New(ctx context.Context, cfg Config) (c *Cache, err error) {
 	c.gwSrv = &http.Server{Handler: gw, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
 	go c.gwSrv.Serve(c.gwLn)
 
-	c.unhook = bridgeLogs(log)
+	c.unhook = bridgeLogs(setLog)
 	c.app, err = newApp(base, cfg.StorageDir, "http://"+c.gwLn.Addr().String())
 	if err != nil {
 		return c, fmt.Errorf("upstream %q: starting distribution: %w", cfg.Host, err)

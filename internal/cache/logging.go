@@ -17,8 +17,10 @@ import (
 // set up logrus itself keeps its own setup.
 var logBridge struct {
 	sync.Mutex
-	loggers   map[int]*slog.Logger
-	next      int
+	// loggers counts the caches using each logger: caches of one set share
+	// one, and an entry goes to it once, not once per cache. Distribution's
+	// entries do not say which cache they come from.
+	loggers   map[*slog.Logger]int
 	installed bool
 }
 
@@ -48,7 +50,7 @@ func (bridgeHook) Fire(e *logrus.Entry) error {
 			args = append(args, k, v)
 		}
 	}
-	for _, l := range logBridge.loggers {
+	for l := range logBridge.loggers {
 		l.Warn(e.Message, args...)
 	}
 	return nil
@@ -63,17 +65,17 @@ func bridgeLogs(l *slog.Logger) (unhook func()) {
 		std.SetLevel(logrus.WarnLevel)
 		std.AddHook(bridgeHook{})
 		logBridge.installed = true
-		logBridge.loggers = map[int]*slog.Logger{}
+		logBridge.loggers = map[*slog.Logger]int{}
 	}
 	if !logBridge.installed {
 		return func() {}
 	}
-	id := logBridge.next
-	logBridge.next++
-	logBridge.loggers[id] = l
+	logBridge.loggers[l]++
 	return func() {
 		logBridge.Lock()
-		delete(logBridge.loggers, id)
+		if logBridge.loggers[l]--; logBridge.loggers[l] == 0 {
+			delete(logBridge.loggers, l)
+		}
 		logBridge.Unlock()
 	}
 }
