@@ -2,6 +2,7 @@ package benchmarks
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -33,7 +34,7 @@ func (e *Env) NodeImage(tb testing.TB, log io.Writer) string {
 
 // Boot creates a docker cluster whose nodes pull through set, waits until it
 // is ready, and destroys it. Seconds is the time from Create to ready.
-func (e *Env) Boot(ctx context.Context, set *cachetest.Set, spec provisioners.Spec, log io.Writer) (Result, error) {
+func (e *Env) Boot(ctx context.Context, set *cachetest.Set, spec provisioners.Spec, log io.Writer) (r Result, err error) {
 	before := e.Upstreams.Counts()
 	start := time.Now()
 	c, err := provisioners.Create(ctx, spec, provisioners.WithCaches(set), provisioners.WithLogWriter(log))
@@ -43,12 +44,14 @@ func (e *Env) Boot(ctx context.Context, set *cachetest.Set, spec provisioners.Sp
 	defer func() {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 		defer cancel()
-		c.Destroy(dctx) //nolint:errcheck // a failed destroy shows in the next Create's leftover message
+		if derr := c.Destroy(dctx); derr != nil {
+			err = errors.Join(err, derr)
+		}
 	}()
 	if err := c.Wait(ctx); err != nil {
 		return Result{}, err
 	}
-	r := Result{Seconds: time.Since(start).Seconds()}
+	r = Result{Seconds: time.Since(start).Seconds()}
 	d := e.Upstreams.Counts().Sub(before)
 	r.UpstreamBytes, r.UpstreamRequests = d.BytesSent, d.Requests()
 	fmt.Fprintf(log, "boot %s: %s\n", spec.Name, c.Timings())

@@ -57,17 +57,20 @@ func benchBootDocker(b *testing.B, env *benchmarks.Env) {
 		var total benchmarks.Result
 		for range b.N {
 			b.StopTimer()
-			set := env.NewCaches(b)
+			set, stop, err := env.StartCaches(ctx)
+			if err != nil {
+				b.Fatal(err)
+			}
 			iter++
 			spec := bootSpec(b, image, iter)
 			b.StartTimer()
 			r, err := env.Boot(ctx, set, spec, log)
+			b.StopTimer()
+			stop()
 			if err != nil {
 				b.Fatal(err)
 			}
 			total = add(total, r)
-			b.StopTimer()
-			set.Close()
 			b.StartTimer()
 		}
 		report(b, total, "boot-s/op")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"sort"
 	"sync"
 	"testing"
@@ -49,6 +50,26 @@ func (e *Env) CacheUpstreams() []cachetest.Upstream {
 func (e *Env) NewCaches(tb testing.TB, opts ...cachetest.Option) *cachetest.Set {
 	tb.Helper()
 	return cachetest.New(tb, append([]cachetest.Option{cachetest.WithUpstreams(e.CacheUpstreams()...)}, opts...)...)
+}
+
+// StartCaches starts an empty cache set in its own temporary directory, for
+// loops where a test's TempDir would keep every iteration's content until
+// the end; stop closes the set and removes the directory.
+func (e *Env) StartCaches(ctx context.Context, opts ...cachetest.Option) (set *cachetest.Set, stop func(), err error) {
+	dir, err := os.MkdirTemp("", "pullthrough-bench-")
+	if err != nil {
+		return nil, nil, err
+	}
+	set, err = cachetest.Start(ctx, append([]cachetest.Option{cachetest.WithUpstreams(e.CacheUpstreams()...), cachetest.WithStorageDir(dir)}, opts...)...)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, nil, err
+	}
+	// The node's config is made now, outside any timing: it makes RSA keys.
+	if m, merr := set.Mirrors("127.0.0.1"); merr == nil {
+		_, err = e.node(m)
+	}
+	return set, func() { set.Close(); os.RemoveAll(dir) }, err
 }
 
 // Result is one measured pull or boot.

@@ -58,15 +58,18 @@ func BenchmarkPull(b *testing.B) {
 		var total benchmarks.Result
 		for range b.N {
 			b.StopTimer()
-			set := env.NewCaches(b) // empty storage every iteration
+			set, stop, err := env.StartCaches(ctx) // empty storage every iteration
+			if err != nil {
+				b.Fatal(err)
+			}
 			b.StartTimer()
 			r, err := env.PullThrough(ctx, set)
+			b.StopTimer()
+			stop()
 			if err != nil {
 				b.Fatal(err)
 			}
 			total = add(total, r)
-			b.StopTimer()
-			set.Close()
 			b.StartTimer()
 		}
 		report(b, total, "pull-s/op")
@@ -130,16 +133,24 @@ func BenchmarkConcurrentColdPull(b *testing.B) {
 	var upstreamBytes int64
 	var elapsed time.Duration
 	// One client alone on a cold cache, timed the same way, for comparison.
-	singleSet := env.NewCaches(b)
-	t0 := time.Now()
-	if _, err := env.PullThrough(ctx, singleSet); err != nil {
+	singleSet, stopSingle, err := env.StartCaches(ctx)
+	if err != nil {
 		b.Fatal(err)
 	}
+	t0 := time.Now()
+	_, err = env.PullThrough(ctx, singleSet)
 	single := time.Since(t0)
+	stopSingle()
+	if err != nil {
+		b.Fatal(err)
+	}
 	b.ResetTimer()
 	for range b.N {
 		b.StopTimer()
-		set := env.NewCaches(b)
+		set, stop, err := env.StartCaches(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
 		before := env.Upstreams.Counts()
 		b.StartTimer()
 		start := time.Now()
@@ -155,7 +166,7 @@ func BenchmarkConcurrentColdPull(b *testing.B) {
 		d := env.Upstreams.Counts().Sub(before)
 		upstreamBytes += d.BytesSent
 		total.UpstreamRequests += d.Requests()
-		set.Close()
+		stop()
 		b.StartTimer()
 	}
 	n := float64(b.N)
