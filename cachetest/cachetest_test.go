@@ -1,7 +1,9 @@
 package cachetest_test
 
 import (
+	"io"
 	"net"
+	"net/http"
 	"strconv"
 	"testing"
 
@@ -162,4 +164,38 @@ func TestFixedPortHeldByOwnCacheIsReused(t *testing.T) {
 		cachetest.WithListenAddrs("127.0.0.1"), cachetest.WithStorageDir(t.TempDir()))
 	require.ErrorIs(t, err, cachetest.ErrPortInUse)
 	assert.ErrorContains(t, err, "pullthrough cache for registry.test")
+}
+
+func TestWarmBlobRangeAndHead(t *testing.T) {
+	up := newTestUpstream(t)
+	img := up.push(t, "app:v1", 16)
+	set := cachetest.New(t, cachetest.WithUpstreams(up.upstream("registry.test")))
+	c := set.Cache("registry.test")
+	_, err := pull(testCtx(t), c, "app:v1")
+	require.NoError(t, err)
+	layers, err := img.Layers()
+	require.NoError(t, err)
+	d, err := layers[0].Digest()
+	require.NoError(t, err)
+	rc, err := layers[0].Compressed()
+	require.NoError(t, err)
+	whole, err := io.ReadAll(rc)
+	require.NoError(t, err)
+	url := c.Endpoint() + "/v2/app/blobs/" + d.String()
+
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	req.Header.Set("Range", "bytes=10-19")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	part, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusPartialContent, resp.StatusCode)
+	assert.Equal(t, whole[10:20], part)
+
+	resp, err = http.Head(url)
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Equal(t, int64(len(whole)), resp.ContentLength)
+	assert.Equal(t, d.String(), resp.Header.Get("Docker-Content-Digest"))
 }

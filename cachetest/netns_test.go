@@ -38,10 +38,10 @@ func init() {
 func netns(t *testing.T) (hostIP, nsName, subnet string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("making a network namespace needs root")
+		skipUnlessCI(t, "making a network namespace needs root")
 	}
 	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("iproute2's ip is not installed")
+		skipUnlessCI(t, "iproute2's ip is not installed")
 	}
 	id := os.Getpid() % 60000
 	nsName = fmt.Sprintf("pt-ns-%d", id)

@@ -30,9 +30,14 @@ func blobDataPath(d digest.Digest) string {
 // serveBlob answers a GET or HEAD for a blob the repository holds, from the
 // file itself, which keeps a warm pull about as fast as pulling from a
 // registry that holds the image in memory; distribution's own path for the
-// same blob was measured at 0.6 of that. It reports false, having written
-// nothing, when the file cannot be opened, and the caller then lets
-// distribution serve it.
+// same blob was measured at 0.6 of that. It reports false, having touched
+// neither headers nor body, when the file cannot be opened, and the caller
+// then lets distribution serve it.
+//
+// Whole blobs are copied in 256 KiB steps through the counting writer; the
+// writer has no ReadFrom, so net/http never uses sendfile, which moved
+// 100 MB over loopback in 106–158 ms on this project's VMs against 60–78 ms
+// for a plain copy.
 func (b blobFiles) serveBlob(ctx context.Context, w http.ResponseWriter, r *http.Request, dgst digest.Digest) bool {
 	rc, err := b.driver.Reader(ctx, blobDataPath(dgst), 0)
 	if err != nil {
@@ -43,30 +48,27 @@ func (b blobFiles) serveBlob(ctx context.Context, w http.ResponseWriter, r *http
 	if !ok {
 		return false
 	}
+	st, err := f.Stat()
+	if err != nil {
+		return false
+	}
 	h := w.Header()
 	h.Set("Content-Type", "application/octet-stream")
 	h.Set("Docker-Content-Digest", dgst.String())
 	h.Set("Etag", `"`+dgst.String()+`"`)
 	// Content by digest never changes, as distribution says for its blobs.
 	h.Set("Cache-Control", "max-age=31536000")
-	if r.Header.Get("Range") == "" {
-		st, err := f.Stat()
-		if err != nil {
-			return false
-		}
-		h.Set("Content-Length", strconv.FormatInt(st.Size(), 10))
-		w.WriteHeader(http.StatusOK)
-		if r.Method != http.MethodHead {
-			buf := copyBufs.Get().(*[]byte)
-			_, _ = io.CopyBuffer(w, struct{ io.Reader }{f}, *buf)
-			copyBufs.Put(buf)
-		}
+	if r.Header.Get("Range") != "" {
+		http.ServeContent(w, r, "", time.Time{}, f)
 		return true
 	}
-	// The file is hidden behind a plain io.ReadSeeker so that net/http copies
-	// it rather than using sendfile: on this project's VMs sendfile moved
-	// 100 MB over loopback in 106–158 ms against 60–78 ms for the copy.
-	http.ServeContent(w, r, "", time.Time{}, struct{ io.ReadSeeker }{f})
+	h.Set("Content-Length", strconv.FormatInt(st.Size(), 10))
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		buf := copyBufs.Get().(*[]byte)
+		_, _ = io.CopyBuffer(w, struct{ io.Reader }{f}, *buf)
+		copyBufs.Put(buf)
+	}
 	return true
 }
 

@@ -2,12 +2,13 @@ package cache
 
 import "sync/atomic"
 
-// Stats counts what one cache did. All fields count since the cache started
-// or since the last Reset.
+// Stats counts what one cache did since it started (cachetest's ResetStats
+// keeps a baseline and subtracts it).
 type Stats struct {
 	// Requests is the number of manifest and blob requests from clients.
 	Requests int64
-	// Hits were answered from storage with no upstream fetch of their content.
+	// Hits were answered from storage. A tag past its TTL is still checked
+	// with upstream first; that request shows in UpstreamRequests.
 	Hits int64
 	// Misses needed content from upstream (or waited for another request's fetch).
 	Misses int64
