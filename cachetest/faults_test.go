@@ -152,6 +152,7 @@ func TestBlobCutMidwayIsNeverCached(t *testing.T) {
 	ctx := testCtx(t)
 	_, err := pull(ctx, c, "app:v1")
 	require.Error(t, err, "a cut download must reach the client as an error")
+	assert.ErrorContains(t, err, "from upstream did not complete", "the client is told what happened")
 
 	layers, err := img.Layers()
 	require.NoError(t, err)
