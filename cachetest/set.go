@@ -123,7 +123,10 @@ func (s *settings) listenAddrs() ([]string, error) {
 }
 
 func startCache(ctx context.Context, s *settings, u Upstream, addrs []string, storage string) (*Cache, error) {
-	remote, _ := u.validate()
+	remote, err := u.validate()
+	if err != nil {
+		return nil, err
+	}
 	c := &Cache{up: u, storage: storage, host: addrs[0]}
 	if c.host == "0.0.0.0" {
 		c.host = "127.0.0.1"

@@ -53,18 +53,23 @@ func Create(ctx context.Context, spec Spec, opts ...Option) (*Cluster, error) {
 	for _, opt := range opts {
 		opt(o)
 	}
-	if o.log == nil {
-		o.log = io.Discard
-	}
-	spec = spec.withDefaults()
-	if err := spec.validate(); err != nil {
+	spec, err := prepare(spec)
+	if err != nil {
 		return nil, err
 	}
 	if err := preflight(ctx, spec); err != nil {
 		return nil, err
 	}
+	return create(ctx, spec, o)
+}
+
+// create is Create after the spec is prepared and the preflight passed.
+func create(ctx context.Context, spec Spec, o *settings) (*Cluster, error) {
+	if o.log == nil {
+		o.log = io.Discard
+	}
 	start := time.Now()
-	plan, err := Configure(ctx, spec, opts...)
+	plan, err := configure(ctx, spec, o)
 	if err != nil {
 		return nil, err
 	}
@@ -114,7 +119,11 @@ func New(tb testing.TB, spec Spec, opts ...Option) *Cluster {
 	if spec.StateDir == "" {
 		spec.StateDir = tb.TempDir()
 	}
-	c, err := Create(ctx, spec, opts...)
+	o := &settings{}
+	for _, opt := range opts {
+		opt(o)
+	}
+	c, err := create(ctx, spec, o)
 	if err != nil {
 		tb.Fatalf("provisioners.New: %v", err)
 	}

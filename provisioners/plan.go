@@ -37,18 +37,28 @@ func Configure(ctx context.Context, spec Spec, opts ...Option) (*Plan, error) {
 	for _, opt := range opts {
 		opt(o)
 	}
+	spec, err := prepare(spec)
+	if err != nil {
+		return nil, err
+	}
+	return configure(ctx, spec, o)
+}
+
+// prepare fills a spec's defaults, the state directory among them, and
+// checks it.
+func prepare(spec Spec) (Spec, error) {
 	spec = spec.withDefaults()
 	if err := spec.validate(); err != nil {
-		return nil, err
+		return spec, err
 	}
 	if spec.StateDir == "" {
 		dir, err := os.UserCacheDir()
 		if err != nil {
-			return nil, fmt.Errorf("finding a state directory: %w (set Spec.StateDir)", err)
+			return spec, fmt.Errorf("finding a state directory: %w (set Spec.StateDir)", err)
 		}
 		spec.StateDir = filepath.Join(dir, "pullthrough", "clusters")
 	}
-	return configure(ctx, spec, o)
+	return spec, nil
 }
 
 func configure(ctx context.Context, spec Spec, o *settings) (*Plan, error) {
