@@ -41,6 +41,7 @@ type settings struct {
 	dial       time.Duration
 	header     time.Duration
 	revalidate time.Duration
+	stall      time.Duration
 	errs       []error
 }
 
@@ -106,3 +107,9 @@ func WithTagTTL(d time.Duration) Option { return func(s *settings) { s.tagTTL = 
 func WithTimeouts(dial, header, revalidate time.Duration) Option {
 	return func(s *settings) { s.dial, s.header, s.revalidate = dial, header, revalidate }
 }
+
+// WithStallTimeout abandons a blob download whose upstream sends nothing for
+// d (default 30s): its clients get an error at once, it is logged as a
+// warning naming the upstream and digest, and the next request starts a new
+// download.
+func WithStallTimeout(d time.Duration) Option { return func(s *settings) { s.stall = d } }

@@ -159,6 +159,7 @@ func startCache(ctx context.Context, s *settings, u Upstream, addrs []string, st
 		DialTimeout:       s.dial,
 		HeaderTimeout:     s.header,
 		RevalidateTimeout: s.revalidate,
+		StallTimeout:      s.stall,
 		Auth:              auth,
 		Access:            access,
 		Logger:            logger,

@@ -5,15 +5,18 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sync"
 	"time"
 )
 
 // AccessPolicy decides which client addresses a cache answers. The zero value
 // admits this host itself (loopback and its own addresses: Docker's NAT can
-// make a local client appear under eth0's) and the subnets of its bridge
-// interfaces (docker0, Docker networks, the qemu provisioner's bridge), which
-// is where Talos nodes pull from.
+// make a local client appear under eth0's) and the subnets of the bridges
+// where Talos nodes pull from: docker0, the networks Docker creates (br-<id>,
+// which is what Talos's docker provisioner makes) and the bridges of Talos's
+// qemu provisioner (talos<hash>). Other bridges are not admitted: on a host
+// whose LAN uplink is a bridge (br0), that would be the whole LAN.
 type AccessPolicy struct {
 	// Open admits every client.
 	Open bool
@@ -79,8 +82,13 @@ func contains(ps []netip.Prefix, ip netip.Addr) bool {
 	return false
 }
 
-// bridgeSubnets lists the host's own addresses and the subnets of its Linux
-// bridge interfaces.
+// nodeBridgeRE names the bridges nodes live behind: docker0, Docker's
+// networks (br- and the network ID's first 12 hex digits) and Talos's qemu
+// bridges ("talos" and 8 hex digits of the network name's hash).
+var nodeBridgeRE = regexp.MustCompile(`^(docker0|br-[0-9a-f]{12}|talos[0-9a-f]{8})$`)
+
+// bridgeSubnets lists the host's own addresses and the subnets of the
+// bridges nodes live behind.
 func bridgeSubnets() []netip.Prefix {
 	ifaces, err := net.Interfaces()
 	if err != nil {
@@ -89,7 +97,7 @@ func bridgeSubnets() []netip.Prefix {
 	var out []netip.Prefix
 	for _, ifc := range ifaces {
 		_, err := os.Stat(filepath.Join("/sys/class/net", ifc.Name, "bridge"))
-		bridge := err == nil
+		bridge := err == nil && nodeBridgeRE.MatchString(ifc.Name)
 		addrs, err := ifc.Addrs()
 		if err != nil {
 			continue

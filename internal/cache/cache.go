@@ -2,23 +2,22 @@ package cache
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
-	"github.com/distribution/distribution/v3/configuration"
-	"github.com/distribution/distribution/v3/registry/handlers"
-	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
 	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/singleflight"
 )
 
 // Mode says when a cache asks its upstream.
@@ -60,9 +59,12 @@ type Config struct {
 	DialTimeout       time.Duration
 	HeaderTimeout     time.Duration
 	RevalidateTimeout time.Duration
-	Auth              authn.Authenticator // nil: anonymous
-	Access            *AccessPolicy       // nil: everyone
-	Logger            *slog.Logger        // nil: silent
+	// StallTimeout abandons a blob download whose upstream sends nothing for
+	// this long.
+	StallTimeout time.Duration
+	Auth         authn.Authenticator // nil: anonymous
+	Access       *AccessPolicy       // nil: everyone
+	Logger       *slog.Logger        // nil: silent
 }
 
 // Defaults for Config's durations.
@@ -71,35 +73,55 @@ const (
 	DefaultDialTimeout       = 5 * time.Second
 	DefaultHeaderTimeout     = 30 * time.Second
 	DefaultRevalidateTimeout = 750 * time.Millisecond
+	DefaultStallTimeout      = 30 * time.Second
 )
 
-// Cache is one running pull-through cache: an http.Handler plus the loopback
-// gateway its proxy fetches through.
+// HeaderUpstream is set on every response of a cache to the registry host it
+// caches, HeaderIdentity to its remote's identity and mode, and
+// HeaderStorage to its storage directory. cachetest uses them to recognise
+// a cache of its own, doing the same job, on a fixed port.
+const (
+	HeaderUpstream = "Pullthrough-Upstream"
+	HeaderIdentity = "Pullthrough-Identity"
+	HeaderStorage  = "Pullthrough-Storage"
+)
+
+// StatsPath answers GET with a cache's Stats as JSON.
+const StatsPath = "/_pullthrough/stats"
+
+// Cache is one running pull-through cache, an http.Handler.
 type Cache struct {
-	front   *front
-	gw      *gateway
-	app     *handlers.App
-	gwSrv   *http.Server
-	gwLn    net.Listener
-	cancel  context.CancelFunc
-	stats   *counters
-	unhook  func()
-	storage string
+	cfg      Config
+	identity string
+	store    *store
+	up       *upstream
+	secrets  *secrets
+	stats    *counters
+	log      *slog.Logger
+	flights  singleflight.Group // manifests, by repository and reference
+
+	// ctx bounds downloads, which outlive the request that started them; it
+	// ends when the cache closes.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu     sync.Mutex
+	fills  map[digest.Digest]*fill
+	closed bool
 }
 
 // New starts a cache. It does not contact the upstream.
-func New(ctx context.Context, cfg Config) (c *Cache, err error) {
+func New(ctx context.Context, cfg Config) (*Cache, error) {
 	if cfg.Remote == nil || (cfg.Remote.Scheme != "http" && cfg.Remote.Scheme != "https") || cfg.Remote.Host == "" {
 		return nil, fmt.Errorf("upstream %q: remote URL must be http:// or https:// with a host", cfg.Host)
+	}
+	if cfg.Remote.User != nil {
+		return nil, fmt.Errorf("upstream %q: remote URL %s carries credentials: pass them as Auth", cfg.Host, cfg.Remote.Redacted())
 	}
 	if err := checkWritable(cfg.StorageDir); err != nil {
 		return nil, fmt.Errorf("upstream %q: storage directory %q is not writable: %w", cfg.Host, cfg.StorageDir, err)
 	}
-	setLog := cfg.Logger
-	if setLog == nil {
-		setLog = slog.New(slog.DiscardHandler)
-	}
-	log := setLog.With("upstream", cfg.Host)
 	def := func(d *time.Duration, v time.Duration) {
 		if *d == 0 {
 			*d = v
@@ -109,62 +131,57 @@ func New(ctx context.Context, cfg Config) (c *Cache, err error) {
 	def(&cfg.DialTimeout, DefaultDialTimeout)
 	def(&cfg.HeaderTimeout, DefaultHeaderTimeout)
 	def(&cfg.RevalidateTimeout, DefaultRevalidateTimeout)
-
-	driver := filesystem.New(filesystem.DriverParameters{RootDirectory: cfg.StorageDir, MaxThreads: 100})
+	def(&cfg.StallTimeout, DefaultStallTimeout)
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("upstream", cfg.Host)
+	creds, err := credentialsFrom(cfg.Auth)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %q: %w", cfg.Host, err)
+	}
+	st, err := openStore(cfg.StorageDir)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %q: opening storage %q: %w", cfg.Host, cfg.StorageDir, err)
+	}
+	sec := newSecrets(creds)
+	stats := &counters{}
 	base, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	c = &Cache{cancel: cancel, stats: &counters{}, storage: cfg.StorageDir}
-	defer func() {
-		if err != nil {
-			c.Close()
-			c = nil
+	c := &Cache{
+		cfg:      cfg,
+		identity: Identity(cfg.Remote.String(), cfg.Mode),
+		store:    st,
+		up:       newUpstream(cfg.Host, cfg.Remote, creds, cfg.DialTimeout, cfg.HeaderTimeout, stats, sec, log),
+		secrets:  sec,
+		stats:    stats,
+		log:      log,
+		ctx:      base,
+		cancel:   cancel,
+		fills:    map[digest.Digest]*fill{},
+	}
+	c.sweep()
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		t := time.NewTicker(time.Minute)
+		defer t.Stop()
+		for {
+			select {
+			case <-base.Done():
+				return
+			case <-t.C:
+				c.sweep()
+			}
 		}
 	}()
-	local, err := newLocalView(base, driver)
-	if err != nil {
-		return c, fmt.Errorf("upstream %q: opening storage: %w", cfg.Host, err)
-	}
-	gw := &gateway{
-		remote:            cfg.Remote,
-		auth:              cfg.Auth,
-		mode:              cfg.Mode,
-		tagTTL:            cfg.TagTTL,
-		revalidateTimeout: cfg.RevalidateTimeout,
-		base:              newBaseTransport(cfg.DialTimeout, cfg.HeaderTimeout),
-		local:             local,
-		tags:              openTagBook(cfg.StorageDir),
-		stats:             c.stats,
-		log:               log,
-		now:               time.Now,
-		transports:        map[string]http.RoundTripper{},
-	}
-	c.gw = gw
-	c.gwLn, err = net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return c, fmt.Errorf("upstream %q: listening for the gateway on loopback: %w", cfg.Host, err)
-	}
-	c.gwSrv = &http.Server{Handler: gw, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
-	go c.gwSrv.Serve(c.gwLn)
-
-	c.unhook = bridgeLogs(setLog)
-	c.app, err = newApp(base, cfg.StorageDir, "http://"+c.gwLn.Addr().String())
-	if err != nil {
-		return c, fmt.Errorf("upstream %q: starting distribution: %w", cfg.Host, err)
-	}
-	c.front = &front{
-		host:      cfg.Host,
-		identity:  Identity(cfg.Remote.String(), cfg.Mode),
-		app:       c.app,
-		local:     local,
-		stats:     c.stats,
-		mode:      cfg.Mode,
-		access:    cfg.Access,
-		log:       log,
-		files:     blobFiles{driver: driver},
-		manifests: manifestFiles{local: local, tags: gw.tags, mode: cfg.Mode, tagTTL: cfg.TagTTL, now: gw.now},
-		ctx:       base,
-		flights:   map[string]*flight{},
-	}
 	return c, nil
+}
+
+func (c *Cache) sweep() {
+	if files, bytes := c.store.sweep(time.Now()); files > 0 {
+		c.log.Info("removed leftovers of interrupted downloads", "files", files, "bytes", bytes)
+	}
 }
 
 // Identity names what a cache does: its remote (hashed, so no URL detail is
@@ -173,31 +190,6 @@ func New(ctx context.Context, cfg Config) (c *Cache, err error) {
 func Identity(remote string, mode Mode) string {
 	sum := sha256.Sum256([]byte(remote))
 	return hex.EncodeToString(sum[:6]) + "/" + mode.String()
-}
-
-// newApp embeds distribution in proxy mode. NewApp panics on bad
-// configuration; that becomes an error here.
-func newApp(ctx context.Context, dir, remote string) (app *handlers.App, err error) {
-	secret := make([]byte, 16)
-	_, _ = rand.Read(secret)
-	noTTL := time.Duration(0)
-	cfg := &configuration.Configuration{Version: "0.1"}
-	cfg.Storage = configuration.Storage{
-		"filesystem": configuration.Parameters{"rootdirectory": dir},
-		// The purger is a goroutine that outlives Shutdown, and a proxy
-		// takes no uploads to purge.
-		"maintenance": configuration.Parameters{"uploadpurging": map[any]any{"enabled": false}},
-	}
-	cfg.HTTP.Secret = hex.EncodeToString(secret)
-	// TTL 0 keeps cached content for good: test images are pinned, and the
-	// expiry scheduler would be one more goroutine and state file.
-	cfg.Proxy = configuration.Proxy{RemoteURL: remote, TTL: &noTTL}
-	defer func() {
-		if p := recover(); p != nil {
-			err = fmt.Errorf("distribution rejected its configuration: %v", p)
-		}
-	}()
-	return handlers.NewApp(ctx, cfg), nil
 }
 
 func checkWritable(dir string) error {
@@ -216,40 +208,99 @@ func checkWritable(dir string) error {
 	return os.Remove(filepath.Clean(name))
 }
 
-// ServeHTTP answers registry API requests from clients.
-func (c *Cache) ServeHTTP(w http.ResponseWriter, r *http.Request) { c.front.ServeHTTP(w, r) }
+// ServeHTTP answers the pull side of the registry API.
+func (c *Cache) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h := w.Header()
+	h.Set(HeaderUpstream, c.cfg.Host)
+	h.Set(HeaderIdentity, c.identity)
+	h.Set(HeaderStorage, c.cfg.StorageDir)
+	h.Set("Docker-Distribution-API-Version", "registry/2.0")
+	if !c.cfg.Access.Allowed(r.RemoteAddr) {
+		c.log.Warn("refused a client outside loopback and Docker's bridges", "client", r.RemoteAddr)
+		writeRegistryError(w, http.StatusForbidden, "DENIED",
+			fmt.Sprintf("client %s is not on loopback or a Docker or cluster bridge; open the cache to admit it", r.RemoteAddr))
+		return
+	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		h.Set("Allow", "GET, HEAD")
+		writeRegistryError(w, http.StatusMethodNotAllowed, "UNSUPPORTED",
+			fmt.Sprintf("method %s: this is a pull-through cache of %s and serves pulls only (GET and HEAD)", r.Method, c.cfg.Host))
+		return
+	}
+	if r.URL.Path == StatsPath {
+		h.Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(c.Stats())
+		return
+	}
+	rt := parseRoute(r.URL.Path)
+	switch rt.kind {
+	case kindBase:
+		h.Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write([]byte("{}\n"))
+		return
+	case kindOther:
+		writeRegistryError(w, http.StatusNotFound, "UNSUPPORTED",
+			fmt.Sprintf("path %q: this cache answers /v2/, /v2/<name>/manifests/<reference> and /v2/<name>/blobs/<digest>", trunc(r.URL.Path)))
+		return
+	}
+	if code, msg, ok := rt.check(); !ok {
+		writeRegistryError(w, http.StatusBadRequest, code, msg)
+		return
+	}
+	c.stats.requests.Add(1)
+	cw := &countingWriter{ResponseWriter: w, n: &c.stats.servedBytes}
+	if rt.kind == kindBlob {
+		c.serveBlob(cw, r, rt)
+	} else {
+		c.serveManifest(cw, r, rt)
+	}
+}
+
+func (c *Cache) notCached(w http.ResponseWriter, rt route) {
+	c.stats.notCached.Add(1)
+	code := "MANIFEST_UNKNOWN"
+	if rt.kind == kindBlob {
+		code = "BLOB_UNKNOWN"
+	}
+	c.log.Warn("not cached (strict mode)", "ref", c.cfg.Host+"/"+rt.String())
+	writeRegistryError(w, http.StatusNotFound, code,
+		fmt.Sprintf("%s/%s is not cached and the cache is in strict mode", c.cfg.Host, rt.String()))
+}
 
 // Stats returns the counters since start.
 func (c *Cache) Stats() Stats { return c.stats.snapshot() }
 
 // StorageDir is where the cache keeps its content.
-func (c *Cache) StorageDir() string { return c.storage }
+func (c *Cache) StorageDir() string { return c.cfg.StorageDir }
 
-// Close stops detached fetches and the gateway. The caller stops its own
-// servers in front of the cache first.
+// Close stops downloads under way (their part files are removed) and waits
+// for them. The caller stops its own servers in front of the cache first.
 func (c *Cache) Close() error {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
 	c.cancel()
-	if c.front != nil {
-		c.front.mu.Lock()
-		c.front.closed = true
-		c.front.mu.Unlock()
-		c.front.wg.Wait()
-	}
-	if c.gw != nil {
-		c.gw.base.CloseIdleConnections()
-	}
-	var errs []error
-	if c.app != nil {
-		errs = append(errs, c.app.Shutdown())
-		closeEvents(c.app)
-	}
-	if c.gwSrv != nil {
-		errs = append(errs, c.gwSrv.Close())
-	} else if c.gwLn != nil {
-		errs = append(errs, c.gwLn.Close())
-	}
-	if c.unhook != nil {
-		c.unhook()
-	}
-	return errors.Join(errs...)
+	c.wg.Wait()
+	c.up.base.CloseIdleConnections()
+	return nil
 }
+
+// countingWriter counts response bytes before writing them, so that a
+// client that has read its last byte sees it in the counters already.
+type countingWriter struct {
+	http.ResponseWriter
+	n interface{ Add(int64) int64 }
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	c.n.Add(int64(len(p)))
+	n, err := c.ResponseWriter.Write(p)
+	if n < len(p) {
+		c.n.Add(int64(n - len(p)))
+	}
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach the real writer.
+func (c *countingWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }

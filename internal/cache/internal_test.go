@@ -2,8 +2,8 @@ package cache
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 )
@@ -11,7 +11,7 @@ import (
 func TestParseRoute(t *testing.T) {
 	const d = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 	for path, want := range map[string]route{
-		"/v2/":                                  {},
+		"/v2/":                                  {kind: kindBase},
 		"/v2/pause/manifests/3.10.1":            {kind: kindManifest, name: "pause", ref: "3.10.1"},
 		"/v2/coredns/coredns/manifests/v1.14.2": {kind: kindManifest, name: "coredns/coredns", ref: "v1.14.2"},
 		"/v2/siderolabs/kubelet/blobs/" + d:     {kind: kindBlob, name: "siderolabs/kubelet", ref: d},
@@ -24,15 +24,6 @@ func TestParseRoute(t *testing.T) {
 	}
 	assert.True(t, route{kind: kindManifest, ref: d}.isDigest())
 	assert.False(t, route{kind: kindManifest, ref: "v1"}.isDigest())
-}
-
-func TestAccepts(t *testing.T) {
-	const oci = "application/vnd.oci.image.manifest.v1+json"
-	assert.True(t, accepts([]string{"application/vnd.docker.distribution.manifest.v2+json, " + oci + ";q=0.9"}, oci))
-	assert.True(t, accepts([]string{"application/json", oci}, oci))
-	assert.True(t, accepts([]string{"*/*"}, oci))
-	assert.False(t, accepts([]string{"application/vnd.docker.distribution.manifest.v2+json"}, oci))
-	assert.False(t, accepts(nil, oci), "no Accept: let distribution decide")
 }
 
 func TestAccessPolicy(t *testing.T) {
@@ -52,14 +43,35 @@ func TestAccessPolicy(t *testing.T) {
 	assert.True(t, (&AccessPolicy{Open: true}).Allowed("203.0.113.9:80"))
 }
 
-func TestTagBookTTL(t *testing.T) {
-	b := openTagBook(t.TempDir())
-	now := time.Unix(1_700_000_000, 0)
-	assert.False(t, b.fresh("pause:3.10.1", time.Hour, now))
-	assert.NoError(t, b.mark("pause:3.10.1", now))
-	assert.True(t, b.fresh("pause:3.10.1", time.Hour, now.Add(59*time.Minute)))
-	assert.False(t, b.fresh("pause:3.10.1", time.Hour, now.Add(61*time.Minute)))
-	assert.False(t, b.fresh("pause:3.10.1", -1, now), "a negative TTL always revalidates")
-	again := openTagBook(b.path[:len(b.path)-len(tagBookFile)])
-	assert.True(t, again.fresh("pause:3.10.1", time.Hour, now), "the book survives a restart")
+func TestNodeBridgeNames(t *testing.T) {
+	for name, want := range map[string]bool{
+		"docker0": true, "br-0123456789ab": true, "talos1a2b3c4d": true,
+		"br0": false, "virbr0": false, "br-lan": false, "eth0": false, "talos": false,
+	} {
+		assert.Equal(t, want, nodeBridgeRE.MatchString(name), name)
+	}
+}
+
+func TestRouteCheck(t *testing.T) {
+	const d = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	for _, c := range []struct {
+		r    route
+		code string
+	}{
+		{route{kind: kindManifest, name: "library/alpine", ref: "3.20"}, ""},
+		{route{kind: kindManifest, name: "a/b", ref: d}, ""},
+		{route{kind: kindBlob, name: "a", ref: d}, ""},
+		{route{kind: kindManifest, name: strings.Repeat("a", 256), ref: "v1"}, "NAME_INVALID"},
+		{route{kind: kindManifest, name: "Upper", ref: "v1"}, "NAME_INVALID"},
+		{route{kind: kindManifest, name: "a/../b", ref: "v1"}, "NAME_INVALID"},
+		{route{kind: kindManifest, name: "_x", ref: "v1"}, "NAME_INVALID"},
+		{route{kind: kindManifest, name: "a", ref: ".hidden"}, "MANIFEST_INVALID"},
+		{route{kind: kindManifest, name: "a", ref: "sha256:xyz"}, "DIGEST_INVALID"},
+		{route{kind: kindBlob, name: "a", ref: "v1"}, "DIGEST_INVALID"},
+		{route{kind: kindBlob, name: "a", ref: "sha512:00"}, "DIGEST_INVALID"},
+	} {
+		code, _, ok := c.r.check()
+		assert.Equal(t, c.code, code, c.r.name[:min(len(c.r.name), 20)]+" "+c.r.ref)
+		assert.Equal(t, c.code == "", ok)
+	}
 }

@@ -1,0 +1,258 @@
+package cache
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// store is a cache's storage directory. Layout, under root/v2:
+//
+//	blobs/sha256/<hex>        content: blobs and manifests, written once by rename
+//	types/sha256/<hex>        a manifest's media type
+//	fills/sha256-<hex>.lock   held (flock) by the process filling the digest
+//	fills/sha256-<hex>.part   the fill's bytes so far
+//	fills/sha256-<hex>.size   the size upstream announced, once known
+//	repos/<name>/_tags/<tag>  the tag's digest; its mtime is when upstream last confirmed it
+//	repos/<name>/_links/<hex> the repository may serve this digest; holds its size
+//
+// Every write that others may read is a rename of a complete file, so a
+// reader in any process sees either nothing or the whole file.
+type store struct {
+	root string
+}
+
+const layoutDir = "v2"
+
+func openStore(dir string) (*store, error) {
+	s := &store{root: filepath.Join(dir, layoutDir)}
+	for _, d := range []string{"blobs/sha256", "types/sha256", "fills", "repos", "tmp"} {
+		if err := os.MkdirAll(filepath.Join(s.root, d), 0o755); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+func (s *store) blobPath(d digest.Digest) string {
+	return filepath.Join(s.root, "blobs", string(d.Algorithm()), d.Encoded())
+}
+
+func (s *store) typePath(d digest.Digest) string {
+	return filepath.Join(s.root, "types", string(d.Algorithm()), d.Encoded())
+}
+
+func (s *store) fillPath(d digest.Digest, ext string) string {
+	return filepath.Join(s.root, "fills", string(d.Algorithm())+"-"+d.Encoded()+ext)
+}
+
+func (s *store) repoPath(name string, parts ...string) string {
+	return filepath.Join(append([]string{s.root, "repos", filepath.FromSlash(name)}, parts...)...)
+}
+
+// statBlob returns a stored blob's size, or -1.
+func (s *store) statBlob(d digest.Digest) int64 {
+	st, err := os.Stat(s.blobPath(d))
+	if err != nil || !st.Mode().IsRegular() {
+		return -1
+	}
+	return st.Size()
+}
+
+// writeFile writes data to path atomically (temporary file, then rename).
+func (s *store) writeFile(path string, data []byte) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Join(s.root, "tmp"), "w-*")
+	if err != nil {
+		return err
+	}
+	_, werr := tmp.Write(data)
+	cerr := tmp.Close()
+	if err := errors.Join(werr, cerr); err != nil {
+		os.Remove(tmp.Name())
+		return err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		os.Remove(tmp.Name())
+		return err
+	}
+	return nil
+}
+
+// putManifest stores a verified manifest and its media type.
+func (s *store) putManifest(d digest.Digest, mediaType string, payload []byte) error {
+	if err := s.writeFile(s.typePath(d), []byte(mediaType)); err != nil {
+		return err
+	}
+	if s.statBlob(d) == int64(len(payload)) {
+		return nil
+	}
+	return s.writeFile(s.blobPath(d), payload)
+}
+
+// getManifest reads a stored manifest, or reports false.
+func (s *store) getManifest(d digest.Digest) (mediaType string, payload []byte, ok bool) {
+	mt, err := os.ReadFile(s.typePath(d))
+	if err != nil {
+		return "", nil, false
+	}
+	payload, err = os.ReadFile(s.blobPath(d))
+	if err != nil || digest.FromBytes(payload) != d {
+		return "", nil, false
+	}
+	return string(mt), payload, true
+}
+
+// link records that a repository may serve a digest, with the size its
+// manifest gives (-1: unknown).
+func (s *store) link(name string, d digest.Digest, size int64) error {
+	p := s.repoPath(name, "_links", d.Encoded())
+	if old, ok := s.linked(name, d); ok && (old == size || size < 0) {
+		return nil
+	}
+	return s.writeFile(p, []byte(strconv.FormatInt(size, 10)))
+}
+
+// linked reports whether a repository may serve a digest, and its size.
+func (s *store) linked(name string, d digest.Digest) (size int64, ok bool) {
+	b, err := os.ReadFile(s.repoPath(name, "_links", d.Encoded()))
+	if err != nil {
+		return -1, false
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return -1, true
+	}
+	return n, true
+}
+
+// setTag points a tag at a digest, confirmed by upstream now.
+func (s *store) setTag(name, tag string, d digest.Digest) error {
+	return s.writeFile(s.repoPath(name, "_tags", tag), []byte(d.String()))
+}
+
+// touchTag records that upstream confirmed a tag now.
+func (s *store) touchTag(name, tag string, now time.Time) error {
+	return os.Chtimes(s.repoPath(name, "_tags", tag), now, now)
+}
+
+// tag returns the digest a tag points at and when upstream last confirmed it.
+func (s *store) tag(name, tag string) (digest.Digest, time.Time, bool) {
+	p := s.repoPath(name, "_tags", tag)
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return "", time.Time{}, false
+	}
+	d, err := digest.Parse(strings.TrimSpace(string(b)))
+	if err != nil {
+		return "", time.Time{}, false
+	}
+	st, err := os.Stat(p)
+	if err != nil {
+		return "", time.Time{}, false
+	}
+	return d, st.ModTime(), true
+}
+
+// removeBlob drops a stored blob that failed a check.
+func (s *store) removeBlob(d digest.Digest) error {
+	err := os.Remove(s.blobPath(d))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
+// sweep removes leftovers of fills no process is running: part files whose
+// lock nobody holds, and temporary files older than a minute. It returns the
+// number of files and bytes removed.
+func (s *store) sweep(now time.Time) (files int, bytes int64) {
+	dir := filepath.Join(s.root, "fills")
+	ents, _ := os.ReadDir(dir)
+	seen := map[string]bool{}
+	for _, e := range ents {
+		base, ok := strings.CutSuffix(e.Name(), ".part")
+		if !ok {
+			base, ok = strings.CutSuffix(e.Name(), ".size")
+		}
+		if !ok || seen[base] {
+			continue
+		}
+		seen[base] = true
+		l, err := tryLock(filepath.Join(dir, base+".lock"))
+		if err != nil || l == nil {
+			continue // held: a fill is running
+		}
+		for _, ext := range []string{".part", ".size"} {
+			p := filepath.Join(dir, base+ext)
+			if st, err := os.Stat(p); err == nil && os.Remove(p) == nil {
+				files++
+				bytes += st.Size()
+			}
+		}
+		l.release(true)
+	}
+	tmp := filepath.Join(s.root, "tmp")
+	ents, _ = os.ReadDir(tmp)
+	for _, e := range ents {
+		info, err := e.Info()
+		if err == nil && now.Sub(info.ModTime()) > time.Minute && os.Remove(filepath.Join(tmp, e.Name())) == nil {
+			files++
+			bytes += info.Size()
+		}
+	}
+	return files, bytes
+}
+
+// fileLock is an exclusive flock on a lock file. Locks belong to open files,
+// not processes, so two caches in one process exclude each other too, and
+// the kernel drops the lock of a process that dies.
+type fileLock struct {
+	f    *os.File
+	path string
+}
+
+// tryLock takes the lock at path without waiting. It returns nil, nil when
+// another holder has it. A lock file is removed by its holder when a fill
+// ends; the inode check below makes sure a lock taken on a file that was
+// removed meanwhile is not mistaken for the current one.
+func tryLock(path string) (*fileLock, error) {
+	for range 8 {
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+		if err != nil {
+			return nil, err
+		}
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+			f.Close()
+			if errors.Is(err, syscall.EWOULDBLOCK) {
+				return nil, nil
+			}
+			return nil, fmt.Errorf("locking %s: %w", path, err)
+		}
+		held, err1 := f.Stat()
+		now, err2 := os.Stat(path)
+		if err1 == nil && err2 == nil && os.SameFile(held, now) {
+			return &fileLock{f: f, path: path}, nil
+		}
+		f.Close() // removed under us: take the new one
+	}
+	return nil, fmt.Errorf("locking %s: the lock file keeps being replaced", path)
+}
+
+// release unlocks; with remove, the lock file goes first, while still held.
+func (l *fileLock) release(remove bool) {
+	if remove {
+		os.Remove(l.path)
+	}
+	l.f.Close()
+}
