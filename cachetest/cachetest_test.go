@@ -18,6 +18,10 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(helperEnv) != "" {
+		runCacheHelper()
+		return
+	}
 	// Idle client connections are the clients' (these tests' and
 	// distribution's, both on http.DefaultTransport), not a cache's: drop
 	// them before counting goroutines, so that what is left would be a

@@ -28,6 +28,7 @@ import (
 type testUpstream struct {
 	*httptest.Server
 	blobGETs, manifestReqs, total atomic.Int64
+	manifestGETs                  atomic.Int64
 
 	mu        sync.Mutex
 	blobDelay time.Duration // before each blob GET
@@ -35,6 +36,13 @@ type testUpstream struct {
 	hang      chan struct{} // non-nil: requests wait until it closes
 	user      string
 	pass      string
+	// pauseAfter > 0: the next blob GET sends this many bytes, then waits
+	// for pause to close (one blob GET only: the field is cleared).
+	pauseAfter   int64
+	pause        chan struct{}
+	stallAfter   int64        // > 0: blob GETs send this much, then stall until the client leaves
+	manifestGate func()       // non-nil: called before answering a manifest GET
+	sent         atomic.Int64 // body bytes written to clients
 }
 
 func newTestUpstream(tb testing.TB) *testUpstream {
@@ -65,7 +73,17 @@ func newTestUpstream(tb testing.TB) *testUpstream {
 		isBlob := strings.Contains(r.URL.Path, "/blobs/sha256:")
 		if strings.Contains(r.URL.Path, "/manifests/") {
 			u.manifestReqs.Add(1)
+			u.mu.Lock()
+			gate := u.manifestGate
+			u.mu.Unlock()
+			if gate != nil && r.Method == http.MethodGet {
+				u.manifestGETs.Add(1)
+				gate()
+			} else if r.Method == http.MethodGet {
+				u.manifestGETs.Add(1)
+			}
 		}
+		w = &sentCounter{ResponseWriter: w, n: &u.sent}
 		if isBlob && r.Method == http.MethodGet {
 			u.blobGETs.Add(1)
 			if delay > 0 {
@@ -73,6 +91,24 @@ func newTestUpstream(tb testing.TB) *testUpstream {
 			}
 			if cut > 0 {
 				w = &cuttingWriter{ResponseWriter: w, left: cut}
+			}
+			u.mu.Lock()
+			pauseAfter, pause, stall := u.pauseAfter, u.pause, u.stallAfter
+			u.pauseAfter = 0
+			u.mu.Unlock()
+			switch {
+			case pauseAfter > 0:
+				w = &pausingWriter{ResponseWriter: w, left: pauseAfter, wait: func() {
+					select {
+					case <-pause:
+					case <-r.Context().Done():
+					}
+				}}
+			case stall > 0:
+				w = &pausingWriter{ResponseWriter: w, left: stall, wait: func() {
+					<-r.Context().Done()
+					panic(http.ErrAbortHandler)
+				}}
 			}
 		}
 		reg.ServeHTTP(w, r)
@@ -96,6 +132,47 @@ func (c *cuttingWriter) Write(p []byte) (int, error) {
 	return c.ResponseWriter.Write(p)
 }
 
+// sentCounter counts body bytes as the fixtures' upstreams do.
+type sentCounter struct {
+	http.ResponseWriter
+	n *atomic.Int64
+}
+
+func (s *sentCounter) Write(p []byte) (int, error) {
+	n, err := s.ResponseWriter.Write(p)
+	s.n.Add(int64(n))
+	return n, err
+}
+
+func (s *sentCounter) Flush() { s.ResponseWriter.(http.Flusher).Flush() }
+
+// pausingWriter sends left bytes, flushes them, calls wait once, then
+// sends the rest.
+type pausingWriter struct {
+	http.ResponseWriter
+	left   int64
+	wait   func()
+	waited bool
+}
+
+func (p *pausingWriter) Write(b []byte) (int, error) {
+	if p.waited || int64(len(b)) <= p.left {
+		p.left -= int64(len(b))
+		return p.ResponseWriter.Write(b)
+	}
+	n, err := p.ResponseWriter.Write(b[:p.left])
+	if err != nil {
+		return n, err
+	}
+	p.ResponseWriter.(http.Flusher).Flush()
+	p.waited = true
+	p.wait()
+	m, err := p.ResponseWriter.Write(b[p.left:])
+	return n + m, err
+}
+
+func (p *pausingWriter) Flush() { p.ResponseWriter.(http.Flusher).Flush() }
+
 func (u *testUpstream) set(f func(u *testUpstream)) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -115,7 +192,22 @@ func (u *testUpstream) push(tb testing.TB, repoTag string, seed int64) v1.Image 
 	u.blobGETs.Store(0)
 	u.manifestReqs.Store(0)
 	u.total.Store(0)
+	u.manifestGETs.Store(0)
+	u.sent.Store(0)
 	return img
+}
+
+// pushImage writes a given image to the upstream.
+func (u *testUpstream) pushImage(tb testing.TB, repoTag string, img v1.Image) {
+	tb.Helper()
+	ref, err := name.ParseReference(u.host()+"/"+repoTag, name.Insecure)
+	require.NoError(tb, err)
+	require.NoError(tb, remote.Write(ref, img))
+	u.blobGETs.Store(0)
+	u.manifestReqs.Store(0)
+	u.manifestGETs.Store(0)
+	u.total.Store(0)
+	u.sent.Store(0)
 }
 
 func (u *testUpstream) upstream(host string) cachetest.Upstream {
