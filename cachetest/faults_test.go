@@ -184,7 +184,7 @@ func TestCredentialsStayInside(t *testing.T) {
 	up.set(func(u *testUpstream) { u.user, u.pass = "robot", password })
 	var logs strings.Builder
 	u := up.upstream("registry.test")
-	u.Username, u.Password = "robot", password
+	u.Credentials = cachetest.BasicAuth("robot", password)
 	set := cachetest.New(t, cachetest.WithUpstreams(u), cachetest.WithLogger(newTextLogger(&logs)))
 	got, err := pull(testCtx(t), set.Cache("registry.test"), "app:v1")
 	require.NoError(t, err)
@@ -192,7 +192,7 @@ func TestCredentialsStayInside(t *testing.T) {
 
 	// And with a wrong password: the error must not carry the secret either.
 	bad := up.upstream("bad.test")
-	bad.Username, bad.Password = "robot", password+"-wrong"
+	bad.Credentials = cachetest.BasicAuth("robot", password+"-wrong")
 	badSet := cachetest.New(t, cachetest.WithUpstreams(bad), cachetest.WithLogger(newTextLogger(&logs)))
 	_, pullErr := pull(testCtx(t), badSet.Cache("bad.test"), "app:v1")
 	require.Error(t, pullErr)
@@ -268,7 +268,7 @@ func TestCredentialHelperIsAskedAndNeverShown(t *testing.T) {
 
 	var logs strings.Builder
 	u := up.upstream("registry.test")
-	u.CredentialHelper = "pttest"
+	u.Credentials = cachetest.FromCredentialHelper("pttest")
 	set := cachetest.New(t, cachetest.WithUpstreams(u), cachetest.WithLogger(newTextLogger(&logs)))
 	got, err := pull(testCtx(t), set.Cache("registry.test"), "app:v1")
 	require.NoError(t, err)
@@ -282,7 +282,7 @@ func TestCredentialHelperIsAskedAndNeverShown(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "credentials not found")
 
-	u.CredentialHelper = "pt-missing-helper"
+	u.Credentials = cachetest.FromCredentialHelper("pt-missing-helper")
 	_, err = cachetest.Start(testCtx(t), cachetest.WithUpstreams(u), cachetest.WithStorageDir(t.TempDir()))
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), `credential helper "pt-missing-helper"`)

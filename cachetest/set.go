@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -307,3 +308,47 @@ func (c *Cache) close() error {
 	}
 	return errors.Join(errs...)
 }
+
+// String names the cache, where it listens and what it stands in front of;
+// never credentials.
+func (c *Cache) String() string {
+	if c == nil {
+		return "<nil cache>"
+	}
+	s := fmt.Sprintf("cache %s at %s for %s", c.up.Host, c.Endpoint(), redactURL(c.up.URL))
+	if c.Reused() {
+		s += " (reused)"
+	}
+	return s
+}
+
+// GoString is what %#v prints.
+func (c *Cache) GoString() string { return "&cachetest.Cache{" + c.String() + "}" }
+
+// Format makes every fmt verb print String: the struct itself holds the
+// upstream's credentials.
+func (c *Cache) Format(f fmt.State, verb rune) { formatRedacted(f, verb, c.String(), c.GoString()) }
+
+// LogValue is what slog prints.
+func (c *Cache) LogValue() slog.Value { return slog.StringValue(c.String()) }
+
+// String lists the caches.
+func (s *Set) String() string {
+	if s == nil {
+		return "<nil set>"
+	}
+	parts := make([]string, 0, len(s.caches))
+	for _, c := range s.caches {
+		parts = append(parts, c.String())
+	}
+	return "[" + strings.Join(parts, "; ") + "]"
+}
+
+// GoString is what %#v prints.
+func (s *Set) GoString() string { return "&cachetest.Set" + s.String() }
+
+// Format makes every fmt verb print String.
+func (s *Set) Format(f fmt.State, verb rune) { formatRedacted(f, verb, s.String(), s.GoString()) }
+
+// LogValue is what slog prints.
+func (s *Set) LogValue() slog.Value { return slog.StringValue(s.String()) }

@@ -3,8 +3,12 @@ package cachetest
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/url"
+	"strconv"
 	"strings"
 )
 
@@ -16,12 +20,11 @@ type Upstream struct {
 	URL string
 	// Port is the host port used with WithFixedPorts.
 	Port int
-	// Username and Password authenticate to the upstream. They stay in the
-	// cache: they are never logged, printed by String, or put in mirror config.
-	Username, Password string
-	// CredentialHelper names a Docker credential helper ("gcloud" runs
-	// docker-credential-gcloud) to ask for credentials instead.
-	CredentialHelper string
+	// Credentials authenticate to the upstream: BasicAuth or
+	// FromCredentialHelper; the zero value pulls anonymously. They stay in
+	// the cache: no way of printing, marshalling or logging an Upstream
+	// shows them, and they never reach mirror config.
+	Credentials Credentials
 }
 
 // DefaultUpstreams are the registries Talos clusters pull from, on the ports
@@ -40,25 +43,65 @@ func DefaultUpstreams() []Upstream {
 	}
 }
 
-// String never shows credentials.
+// String never shows credentials, nor a password left in URL.
 func (u Upstream) String() string {
-	s := fmt.Sprintf("%s=%s", u.Host, u.URL)
-	if u.Username != "" || u.Password != "" || u.CredentialHelper != "" {
-		s += " (with credentials)"
+	s := fmt.Sprintf("%s=%s", u.Host, redactURL(u.URL))
+	if !u.Credentials.IsZero() {
+		s += " (" + u.Credentials.String() + ")"
 	}
 	return s
 }
 
-// GoString keeps %#v from printing the password.
+// GoString is what %#v prints: no credentials.
 func (u Upstream) GoString() string { return "cachetest.Upstream{" + u.String() + "}" }
 
+// Format makes every fmt verb print String (or GoString for %#v).
+func (u Upstream) Format(f fmt.State, verb rune) { formatRedacted(f, verb, u.String(), u.GoString()) }
+
+// LogValue is what slog prints.
+func (u Upstream) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("host", u.Host), slog.String("url", redactURL(u.URL)),
+		slog.Int("port", u.Port), slog.String("credentials", u.Credentials.String()))
+}
+
+// MarshalJSON leaves the credentials out; it says whether there are any.
+func (u Upstream) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		Host        string `json:"host"`
+		URL         string `json:"url"`
+		Port        int    `json:"port,omitempty"`
+		Credentials string `json:"credentials,omitempty"`
+	}{u.Host, redactURL(u.URL), u.Port, u.Credentials.label()})
+}
+
+func formatRedacted(f fmt.State, verb rune, s, gos string) {
+	if verb == 'v' && f.Flag('#') {
+		s = gos
+	}
+	if verb == 'q' {
+		s = strconv.Quote(s)
+	}
+	_, _ = io.WriteString(f, s)
+}
+
+// redactURL hides a password given in a URL's user info.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		if i := strings.LastIndex(raw, "@"); i >= 0 && strings.Contains(raw, "://") {
+			return raw[:strings.Index(raw, "://")+3] + "REDACTED@" + raw[i+1:]
+		}
+		return raw
+	}
+	return u.Redacted()
+}
 func (u Upstream) validate() (*url.URL, error) {
 	if u.Host == "" || strings.ContainsAny(u.Host, "/ ") {
 		return nil, fmt.Errorf("upstream host %q: want a registry host such as docker.io", u.Host)
 	}
 	r, err := url.Parse(u.URL)
 	if err != nil || (r.Scheme != "http" && r.Scheme != "https") || r.Host == "" || r.User != nil {
-		return nil, fmt.Errorf("upstream %s: URL %q: want http:// or https:// and a host, without credentials (use Username and Password)", u.Host, u.URL)
+		return nil, fmt.Errorf("upstream %s: URL %q: want http:// or https:// and a host, without credentials (use Credentials: BasicAuth)", u.Host, redactURL(u.URL))
 	}
 	return r, nil
 }

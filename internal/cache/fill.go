@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -194,6 +195,9 @@ func (f *fill) download(lock *fileLock) (err error) {
 	defer drain(resp.Body)
 	c.up.markUp()
 	size := resp.ContentLength
+	if free, ok := freeBytes(s.root); ok && size > free {
+		return fmt.Errorf("%w: blob %s needs %d bytes, %d are free in %s", ErrDiskFull, f.dgst, size, free, s.root)
+	}
 	if err := os.WriteFile(sizePath, []byte(strconv.FormatInt(size, 10)), 0o644); err != nil {
 		return storageError(s.root, err)
 	}
@@ -480,3 +484,12 @@ func (f *fill) samePrefix(ctx context.Context, sent hash.Hash, n int64) (bool, i
 
 // copyBufs hold 256 KiB: an eighth of the system calls of io.Copy's 32 KiB.
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+
+// freeBytes is the space left for this process in dir's file system.
+func freeBytes(dir string) (int64, bool) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, false
+	}
+	return int64(st.Bavail) * int64(st.Bsize), true
+}

@@ -1,0 +1,147 @@
+package cachetest_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pullthrough/pullthrough/cachetest"
+)
+
+type registryError struct {
+	status int
+	code   string
+	msg    string
+	header http.Header
+}
+
+func getErr(t *testing.T, url string) (registryError, time.Duration) {
+	t.Helper()
+	start := time.Now()
+	resp, err := http.Get(url)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	took := time.Since(start)
+	var body struct{ Errors []struct{ Code, Message string } }
+	raw, _ := io.ReadAll(resp.Body)
+	require.NoError(t, json.Unmarshal(raw, &body), "error body %q is not the spec's JSON", raw)
+	require.NotEmpty(t, body.Errors)
+	return registryError{resp.StatusCode, body.Errors[0].Code, body.Errors[0].Message, resp.Header}, took
+}
+
+// TestErrorsSayWhatFailed: each upstream failure reaches the client as the
+// distribution spec's error, with a status that says what failed.
+func TestErrorsSayWhatFailed(t *testing.T) {
+	refused := func() string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		addr := l.Addr().String()
+		l.Close()
+		return "http://" + addr
+	}
+	answer := func(status int, header map[string]string, body string) string {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			for k, v := range header {
+				w.Header().Set(k, v)
+			}
+			w.WriteHeader(status)
+			io.WriteString(w, body)
+		}))
+		t.Cleanup(srv.Close)
+		return srv.URL
+	}
+	hung := func() string {
+		done := make(chan struct{})
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			select {
+			case <-done:
+			case <-r.Context().Done():
+			}
+		}))
+		t.Cleanup(func() { close(done); srv.Close() })
+		return srv.URL
+	}
+	const header = time.Second
+	for _, tc := range []struct {
+		name    string
+		url     string
+		path    string
+		status  int
+		code    string
+		says    []string
+		within  time.Duration
+		headers []string
+	}{
+		{"refused", refused(), "/v2/app/manifests/v1", http.StatusBadGateway, "UNAVAILABLE", []string{"reg.test", "unreachable", "connection refused"}, 0, nil},
+		{"hung", hung(), "/v2/app/manifests/v1", http.StatusGatewayTimeout, "UNAVAILABLE", []string{"reg.test", "did not answer in time"}, 2 * header, nil},
+		{"500", answer(500, nil, `{"errors":[{"code":"UNKNOWN","message":"database on fire"}]}`), "/v2/app/manifests/v1", http.StatusBadGateway, "UNKNOWN", []string{"reg.test", "failed", "500", "database on fire"}, 0, nil},
+		{"503", answer(503, nil, "maintenance"), "/v2/app/blobs/sha256:" + strings.Repeat("a", 64), http.StatusServiceUnavailable, "UNAVAILABLE", []string{"reg.test", "503"}, 0, nil},
+		{"401", answer(401, nil, `{"errors":[{"code":"UNAUTHORIZED","message":"login first"}]}`), "/v2/app/manifests/v1", http.StatusUnauthorized, "UNAUTHORIZED", []string{"reg.test", "refused access", "login first"}, 0, nil},
+		{"403", answer(403, nil, `{"errors":[{"code":"DENIED","message":"private repository"}]}`), "/v2/app/manifests/v1", http.StatusForbidden, "DENIED", []string{"refused access", "private repository"}, 0, nil},
+		{"404", answer(404, nil, `{"errors":[{"code":"MANIFEST_UNKNOWN","message":"unknown tag=v1"}]}`), "/v2/app/manifests/v1", http.StatusNotFound, "MANIFEST_UNKNOWN", []string{"reg.test", "not found", "unknown tag=v1"}, 0, nil},
+		{"429", answer(429, map[string]string{"Retry-After": "60", "RateLimit-Remaining": "0;w=21600"}, `{"errors":[{"code":"TOOMANYREQUESTS","message":"pull rate limit"}]}`), "/v2/app/manifests/v1", http.StatusTooManyRequests, "TOOMANYREQUESTS", []string{"rate limiting", "pull rate limit"}, 0, []string{"Retry-After", "Ratelimit-Remaining"}},
+		{"bad name", answer(200, nil, ""), "/v2/" + strings.Repeat("a", 256) + "/manifests/v1", http.StatusBadRequest, "NAME_INVALID", []string{"repository name"}, 0, nil},
+		{"bad digest", answer(200, nil, ""), "/v2/app/blobs/sha256:zz", http.StatusBadRequest, "DIGEST_INVALID", []string{"digest"}, 0, nil},
+		{"push", answer(200, nil, ""), "", http.StatusMethodNotAllowed, "UNSUPPORTED", []string{"pulls only"}, 0, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			set := cachetest.New(t, cachetest.WithUpstreams(cachetest.Upstream{Host: "reg.test", URL: tc.url}),
+				cachetest.WithTimeouts(0, header, 0))
+			c := set.Cache("reg.test")
+			var got registryError
+			var took time.Duration
+			if tc.path == "" {
+				req, _ := http.NewRequest(http.MethodPut, c.Endpoint()+"/v2/app/manifests/v1", strings.NewReader("{}"))
+				resp, err := http.DefaultClient.Do(req)
+				require.NoError(t, err)
+				var body struct{ Errors []struct{ Code, Message string } }
+				require.NoError(t, json.NewDecoder(resp.Body).Decode(&body))
+				resp.Body.Close()
+				got = registryError{status: resp.StatusCode, code: body.Errors[0].Code, msg: body.Errors[0].Message}
+			} else {
+				got, took = getErr(t, c.Endpoint()+tc.path)
+			}
+			assert.Equal(t, tc.status, got.status, got.msg)
+			assert.Equal(t, tc.code, got.code, got.msg)
+			for _, s := range tc.says {
+				assert.Contains(t, got.msg, s)
+			}
+			if tc.within > 0 {
+				assert.Less(t, took, tc.within, "a hung upstream is waited for once, within the header timeout")
+			}
+			for _, h := range tc.headers {
+				assert.NotEmpty(t, got.header.Get(h), "header %s passed on", h)
+			}
+		})
+	}
+}
+
+// TestDiskFullIs507: a cache whose disk cannot hold a blob says so.
+func TestDiskFullIs507(t *testing.T) {
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", dir).CombinedOutput(); err != nil {
+		skipUnlessCI(t, "a 1 MiB tmpfs for a full disk needs mount (root): %v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("umount", dir).Run() })
+	up := newTestUpstream(t)
+	img, layer := bigImage(t, 2<<20, 61)
+	up.pushImage(t, "app:v1", img)
+	set := cachetest.New(t, cachetest.WithUpstreams(up.upstream("reg.test")), cachetest.WithStorageDir(dir))
+	got, _ := getErr(t, set.Cache("reg.test").Endpoint()+"/v2/app/blobs/"+layerDigest(t, layer).String())
+	assert.Equal(t, http.StatusInsufficientStorage, got.status, got.msg)
+	assert.Contains(t, got.msg, "disk is full")
+	ents, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	assert.NotEmpty(t, ents, fmt.Sprint("storage was used: ", ents))
+}
