@@ -33,7 +33,9 @@ func getErr(t *testing.T, url string) (registryError, time.Duration) {
 	require.NoError(t, err)
 	defer resp.Body.Close()
 	took := time.Since(start)
-	var body struct{ Errors []struct{ Code, Message string } }
+	var body struct {
+		Errors []struct{ Code, Message string }
+	}
 	raw, _ := io.ReadAll(resp.Body)
 	require.NoError(t, json.Unmarshal(raw, &body), "error body %q is not the spec's JSON", raw)
 	require.NotEmpty(t, body.Errors)
@@ -105,7 +107,9 @@ func TestErrorsSayWhatFailed(t *testing.T) {
 				req, _ := http.NewRequest(http.MethodPut, c.Endpoint()+"/v2/app/manifests/v1", strings.NewReader("{}"))
 				resp, err := http.DefaultClient.Do(req)
 				require.NoError(t, err)
-				var body struct{ Errors []struct{ Code, Message string } }
+				var body struct {
+					Errors []struct{ Code, Message string }
+				}
 				require.NoError(t, json.NewDecoder(resp.Body).Decode(&body))
 				resp.Body.Close()
 				got = registryError{status: resp.StatusCode, code: body.Errors[0].Code, msg: body.Errors[0].Message}
