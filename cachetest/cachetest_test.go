@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -169,6 +170,18 @@ func TestFixedPortHeldByOwnCacheIsReused(t *testing.T) {
 	got, err := pull(testCtx(t), second.Cache("registry.test"), "app:v1")
 	require.NoError(t, err)
 	assert.Equal(t, digestOf(t, img), got)
+	assert.Equal(t, first.Cache("registry.test").StorageDir(), second.Cache("registry.test").StorageDir(),
+		"the reused cache reports the storage actually in use")
+	assert.EqualValues(t, 5, second.Cache("registry.test").Stats().Misses, "the reused cache reports what the serving one did")
+
+	// The owner goes away: the second set takes its port over, warm.
+	require.NoError(t, first.Close())
+	require.Eventually(t, func() bool { return !second.Cache("registry.test").Reused() }, 10*time.Second, 20*time.Millisecond)
+	up.blobGETs.Store(0)
+	got, err = pull(testCtx(t), second.Cache("registry.test"), "app:v1")
+	require.NoError(t, err, "pulls keep working after the owner exits")
+	assert.Equal(t, digestOf(t, img), got)
+	assert.Zero(t, up.blobGETs.Load(), "the taken-over cache serves the shared storage warm")
 
 	other := up.upstream("other.test")
 	other.Port = u.Port

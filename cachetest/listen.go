@@ -20,8 +20,11 @@ var ErrPortInUse = errors.New("port in use")
 // ErrAddrNotLocal means a listen address is not on this host.
 var ErrAddrNotLocal = errors.New("address not on this host")
 
-// errReuse tells the caller a fixed port already serves this upstream.
-var errReuse = errors.New("reuse")
+// reuseError tells the caller a fixed port already serves this upstream,
+// from the storage directory given.
+type reuseError struct{ hostPort, storage string }
+
+func (r *reuseError) Error() string { return "port " + r.hostPort + " already serves this upstream" }
 
 // listen opens one listener per address, all on the same port. With an
 // OS-chosen port, the first address picks it and a clash on a later address
@@ -47,10 +50,10 @@ func listen(ctx context.Context, u Upstream, addrs []string, fixed bool, want st
 			continue
 		}
 		if fixed {
-			owner, identity := probeOwner(ctx, clash.hostPort)
+			owner, identity, storage := probeOwner(ctx, clash.hostPort)
 			switch {
 			case owner == u.Host && identity == want:
-				return nil, errReuse
+				return nil, &reuseError{hostPort: clash.hostPort, storage: storage}
 			case owner == u.Host:
 				return nil, fmt.Errorf("upstream %s: port %d on %s: %w by a pullthrough cache for %s with another remote or mode (%s, want %s)", u.Host, port, clash.addr, ErrPortInUse, owner, identity, want)
 			case owner != "":
@@ -99,19 +102,19 @@ func listenAll(addrs []string, port int) ([]net.Listener, error) {
 
 // probeOwner asks whatever holds a port whether it is a pullthrough cache,
 // and for which upstream, remote and mode.
-func probeOwner(ctx context.Context, hostPort string) (host, identity string) {
+func probeOwner(ctx context.Context, hostPort string) (host, identity, storage string) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+hostPort+"/v2/", nil)
 	if err != nil {
-		return "", ""
+		return "", "", ""
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return "", ""
+		return "", "", ""
 	}
 	resp.Body.Close()
-	return resp.Header.Get(cache.HeaderUpstream), resp.Header.Get(cache.HeaderIdentity)
+	return resp.Header.Get(cache.HeaderUpstream), resp.Header.Get(cache.HeaderIdentity), resp.Header.Get(cache.HeaderStorage)
 }
 
 // waitReady polls GET /v2/ until it answers 200.

@@ -2,6 +2,7 @@ package cachetest
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -34,12 +36,20 @@ type Cache struct {
 	up      Upstream
 	host    string // where this process reaches the cache: a listen address
 	port    int
-	engine  *cache.Cache // nil when a cache already on the port is reused
-	servers []*http.Server
+	engine  *cache.Cache
 	storage string
+	logger  *slog.Logger
+	remote  string      // host:port of the other process's cache while reused
+	reused  atomic.Bool // another process serves the port
+	stop    chan struct{}
+	wg      sync.WaitGroup
 
-	mu   sync.Mutex
-	base Stats
+	closeOnce sync.Once
+
+	mu         sync.Mutex
+	servers    []*http.Server
+	base       Stats
+	remoteBase Stats
 }
 
 // Start starts one cache per upstream, all at once, and returns when each
@@ -128,33 +138,41 @@ func startCache(ctx context.Context, s *settings, u Upstream, addrs []string, st
 	if err != nil {
 		return nil, err
 	}
-	c := &Cache{up: u, storage: storage, host: addrs[0]}
+	c := &Cache{up: u, storage: storage, host: addrs[0], stop: make(chan struct{})}
 	if c.host == "0.0.0.0" {
 		c.host = "127.0.0.1"
 	}
 	lns, err := listen(ctx, u, addrs, s.fixedPorts, cache.Identity(remote.String(), s.mode))
-	if errors.Is(err, errReuse) {
+	var reuse *reuseError
+	switch {
+	case errors.As(err, &reuse):
+		// Another process's cache for the same upstream, remote and mode
+		// holds the port. Share its storage (fills are coordinated across
+		// processes), and take its port over if it goes away.
 		c.port = u.Port
-		return c, nil
-	}
-	if err != nil {
+		c.remote = reuse.hostPort
+		if st, err := os.Stat(reuse.storage); reuse.storage != "" && err == nil && st.IsDir() {
+			c.storage = reuse.storage
+		}
+		c.reused.Store(true)
+	case err != nil:
 		return nil, err
+	default:
+		c.port = lns[0].Addr().(*net.TCPAddr).Port
 	}
-	c.port = lns[0].Addr().(*net.TCPAddr).Port
 	auth, err := u.authenticator()
 	if err != nil {
 		closeListeners(lns)
 		return nil, err
 	}
-	access := &cache.AccessPolicy{Open: s.open, Allow: s.allow}
-	logger := s.logger
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
+	c.logger = s.logger
+	if c.logger == nil {
+		c.logger = slog.New(slog.DiscardHandler)
 	}
 	c.engine, err = cache.New(ctx, cache.Config{
 		Host:              u.Host,
 		Remote:            remote,
-		StorageDir:        storage,
+		StorageDir:        c.storage,
 		Mode:              s.mode,
 		TagTTL:            s.tagTTL,
 		DialTimeout:       s.dial,
@@ -162,27 +180,61 @@ func startCache(ctx context.Context, s *settings, u Upstream, addrs []string, st
 		RevalidateTimeout: s.revalidate,
 		StallTimeout:      s.stall,
 		Auth:              auth,
-		Access:            access,
-		Logger:            logger,
+		Access:            &cache.AccessPolicy{Open: s.open, Allow: s.allow},
+		Logger:            c.logger,
 	})
 	if err != nil {
 		closeListeners(lns)
 		return nil, err
 	}
-	for _, l := range lns {
-		srv := &http.Server{
-			Handler:           c.engine,
-			ReadHeaderTimeout: 30 * time.Second,
-			ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
-		}
-		c.servers = append(c.servers, srv)
-		go srv.Serve(l)
+	if c.reused.Load() {
+		c.wg.Add(1)
+		go c.takeOver(addrs)
+		return c, nil
 	}
+	c.serve(lns)
 	if err := waitReady(ctx, c.Addr()); err != nil {
 		c.close()
 		return nil, err
 	}
 	return c, nil
+}
+
+func (c *Cache) serve(lns []net.Listener) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, l := range lns {
+		srv := &http.Server{
+			Handler:           c.engine,
+			ReadHeaderTimeout: 30 * time.Second,
+			ErrorLog:          slog.NewLogLogger(c.logger.Handler(), slog.LevelDebug),
+		}
+		c.servers = append(c.servers, srv)
+		go srv.Serve(l)
+	}
+}
+
+// takeOver listens on a reused cache's port once its owner lets it go, so
+// that pulls keep working when the process that started it exits.
+func (c *Cache) takeOver(addrs []string) {
+	defer c.wg.Done()
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+		}
+		lns, err := listenAll(addrs, c.port)
+		if err != nil {
+			continue
+		}
+		c.serve(lns)
+		c.reused.Store(false)
+		c.logger.Info("took over a cache's port from the process that had it", "upstream", c.up.Host, "port", c.port)
+		return
+	}
 }
 
 func closeListeners(lns []net.Listener) {
@@ -260,45 +312,67 @@ func (c *Cache) Endpoint() string { return "http://" + c.Addr() }
 func (c *Cache) StorageDir() string { return c.storage }
 
 // Handler is the cache's registry API handler, for serving it on a listener
-// of one's own. It is nil for a reused cache.
-func (c *Cache) Handler() http.Handler {
-	if c.engine == nil {
-		return nil
-	}
-	return c.engine
-}
+// of one's own.
+func (c *Cache) Handler() http.Handler { return c.engine }
 
-// Reused reports that WithFixedPorts found a pullthrough cache for this
-// upstream already on the port and uses it. Its counters are not visible here.
-func (c *Cache) Reused() bool { return c.engine == nil }
+// Reused reports that WithFixedPorts found a pullthrough cache of another
+// process for this upstream on the port, and that process still serves it.
+// This process shares its storage and takes the port over when it exits.
+func (c *Cache) Reused() bool { return c.reused.Load() }
 
-// Stats returns the counters since start or the last ResetStats.
+// Stats returns the counters since start or the last ResetStats: while the
+// cache is reused, those of the process serving the port, read over HTTP;
+// then this process's own.
 func (c *Cache) Stats() Stats {
-	if c.engine == nil {
-		return Stats{}
-	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.engine.Stats().Sub(c.base)
+	own := c.engine.Stats().Sub(c.base)
+	if c.reused.Load() {
+		if r, err := remoteStats(c.remote); err == nil {
+			return own.Add(r.Sub(c.remoteBase))
+		}
+	}
+	return own
 }
 
 // ResetStats starts the counters from zero.
 func (c *Cache) ResetStats() {
-	if c.engine == nil {
-		return
-	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.base = c.engine.Stats()
+	if c.reused.Load() {
+		if r, err := remoteStats(c.remote); err == nil {
+			c.remoteBase = r
+		}
+	}
+}
+
+func remoteStats(hostPort string) (Stats, error) {
+	client := &http.Client{Timeout: 2 * time.Second}
+	resp, err := client.Get("http://" + hostPort + cache.StatsPath)
+	if err != nil {
+		return Stats{}, err
+	}
+	defer resp.Body.Close()
+	var s Stats
+	if resp.StatusCode != http.StatusOK {
+		return s, fmt.Errorf("%s answered %s", cache.StatsPath, resp.Status)
+	}
+	return s, json.NewDecoder(resp.Body).Decode(&s)
 }
 
 func (c *Cache) close() error {
+	c.closeOnce.Do(func() { close(c.stop) })
+	c.wg.Wait()
 	var errs []error
 	// Let requests under way finish, briefly, so none reaches the engine
 	// after it closed; then drop whatever is left.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	for _, srv := range c.servers {
+	c.mu.Lock()
+	servers := c.servers
+	c.mu.Unlock()
+	for _, srv := range servers {
 		if err := srv.Shutdown(ctx); err != nil {
 			errs = append(errs, srv.Close())
 		}
