@@ -12,6 +12,10 @@ import (
 var knobs benchmarks.Knobs
 
 func TestMain(m *testing.M) {
+	if os.Getenv(helperEnv) != "" {
+		runCacheProcess()
+		return
+	}
 	provisioners.LaunchQemuIfAsked()
 	k, err := benchmarks.KnobsFromEnv()
 	if err != nil {

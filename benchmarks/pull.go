@@ -77,7 +77,9 @@ type Result struct {
 	Seconds          float64
 	UpstreamBytes    int64
 	UpstreamRequests int64
-	Images           int
+	// UpstreamManifestGETs is what Docker Hub counts against its pull limit.
+	UpstreamManifestGETs int64
+	Images               int
 }
 
 // PullThrough pulls the node image set as a node would, through the caches
@@ -95,6 +97,11 @@ func (e *Env) PullDirect(ctx context.Context) (Result, error) {
 	return e.pull(ctx, e.Upstreams.Mirrors())
 }
 
+// PullMirrors pulls the node image set through the given mirrors.
+func (e *Env) PullMirrors(ctx context.Context, mirrors map[string]string) (Result, error) {
+	return e.pull(ctx, mirrors)
+}
+
 func (e *Env) pull(ctx context.Context, mirrors map[string]string) (Result, error) {
 	node, err := e.node(mirrors)
 	if err != nil {
@@ -103,7 +110,7 @@ func (e *Env) pull(ctx context.Context, mirrors map[string]string) (Result, erro
 	before := e.Upstreams.Counts()
 	s := standin.Run(ctx, node, standin.Options{TalosVersion: e.Knobs.TalosVersion, Log: io.Discard})
 	d := e.Upstreams.Counts().Sub(before)
-	r := Result{Seconds: s.Seconds, UpstreamBytes: d.BytesSent, UpstreamRequests: d.Requests(), Images: s.Images}
+	r := Result{Seconds: s.Seconds, UpstreamBytes: d.BytesSent, UpstreamRequests: d.Requests(), UpstreamManifestGETs: d.ManifestGET, Images: s.Images}
 	if len(s.Failures) > 0 {
 		return r, fmt.Errorf("pulling %s: %s", s.Failures[0].Ref, s.Failures[0].Error)
 	}

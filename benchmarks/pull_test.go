@@ -25,12 +25,14 @@ func report(b *testing.B, total benchmarks.Result, unit string) {
 	b.ReportMetric(total.Seconds/n, unit)
 	b.ReportMetric(float64(total.UpstreamBytes)/1e6/n, "upstream-MB/op")
 	b.ReportMetric(float64(total.UpstreamRequests)/n, "upstream-requests/op")
+	b.ReportMetric(float64(total.UpstreamManifestGETs)/n, "upstream-manifest-GETs/op")
 }
 
 func add(a, r benchmarks.Result) benchmarks.Result {
 	a.Seconds += r.Seconds
 	a.UpstreamBytes += r.UpstreamBytes
 	a.UpstreamRequests += r.UpstreamRequests
+	a.UpstreamManifestGETs += r.UpstreamManifestGETs
 	return a
 }
 
@@ -166,6 +168,7 @@ func BenchmarkConcurrentColdPull(b *testing.B) {
 		d := env.Upstreams.Counts().Sub(before)
 		upstreamBytes += d.BytesSent
 		total.UpstreamRequests += d.Requests()
+		total.UpstreamManifestGETs += d.ManifestGET
 		stop()
 		b.StartTimer()
 	}
@@ -173,6 +176,7 @@ func BenchmarkConcurrentColdPull(b *testing.B) {
 	b.ReportMetric(elapsed.Seconds()/n, "pull-s/op")
 	b.ReportMetric(float64(upstreamBytes)/1e6/n, "upstream-MB/op")
 	b.ReportMetric(float64(total.UpstreamRequests)/n, "upstream-requests/op")
+	b.ReportMetric(float64(total.UpstreamManifestGETs)/n, "upstream-manifest-GETs/op")
 	b.ReportMetric(float64(upstreamBytes)/n/float64(env.Upstreams.PullSize()), "upstream-x")
 	// Three clients at once against one client alone, same process.
 	b.ReportMetric(elapsed.Seconds()/n/single.Seconds(), "of-single-cold")
