@@ -133,6 +133,12 @@ func (c *Cache) serveStored(w http.ResponseWriter, r *http.Request, d digest.Dig
 		c.writeError(w, storageError(c.store.root, err))
 		return
 	}
+	if time.Since(st.ModTime()) > time.Hour {
+		// Least recently used goes first in `pullthrough gc`: a blob's
+		// mtime says when it was last served, to the hour.
+		now := time.Now()
+		_ = os.Chtimes(c.store.blobPath(d), now, now)
+	}
 	setBlobHeaders(w.Header(), d)
 	if r.Header.Get("Range") != "" {
 		http.ServeContent(w, r, "", time.Time{}, io.NewSectionReader(f, 0, st.Size()))

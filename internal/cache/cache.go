@@ -227,6 +227,10 @@ func (c *Cache) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			fmt.Sprintf("method %s: this is a pull-through cache of %s and serves pulls only (GET and HEAD)", r.Method, c.cfg.Host))
 		return
 	}
+	if r.URL.Path == MetricsPath {
+		c.writeMetrics(w)
+		return
+	}
 	if r.URL.Path == StatsPath {
 		h.Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(c.Stats())

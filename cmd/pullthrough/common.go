@@ -1,0 +1,157 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pullthrough/pullthrough/cachetest"
+	"github.com/pullthrough/pullthrough/internal/cache"
+)
+
+// cacheFlags are the flags every command that runs or finds caches takes.
+type cacheFlags struct {
+	upstreams []string
+	portsFrom int
+	storage   string
+	verbose   bool
+}
+
+func (f *cacheFlags) register(cmd *cobra.Command) {
+	cmd.Flags().StringArrayVar(&f.upstreams, "upstream", nil, "host=URL of a registry to cache, e.g. docker.io=https://registry-1.docker.io (repeatable; default: the guide's seven)")
+	cmd.Flags().IntVar(&f.portsFrom, "ports-from", 0, "ports from this one on, in upstream order, instead of the guide's 5000–5006")
+	cmd.Flags().StringVar(&f.storage, "storage", "", "storage root (default: the user's cache directory, shared with cachetest.Main)")
+	cmd.Flags().BoolVarP(&f.verbose, "verbose", "v", false, "log each cache's debug lines")
+}
+
+// list returns the upstreams: the flags', with the guide's ports for the
+// hosts it knows, or the defaults.
+func (f *cacheFlags) list() ([]cachetest.Upstream, error) {
+	out, err := f.parseUpstreams()
+	if err != nil {
+		return nil, err
+	}
+	if f.portsFrom != 0 {
+		if f.portsFrom < 1 || f.portsFrom+len(out) > 65536 {
+			return nil, usagef("--ports-from %d: want a port from 1 to %d", f.portsFrom, 65536-len(out))
+		}
+		for i := range out {
+			out[i].Port = f.portsFrom + i
+		}
+	}
+	return out, nil
+}
+
+func (f *cacheFlags) parseUpstreams() ([]cachetest.Upstream, error) {
+	if len(f.upstreams) == 0 {
+		return cachetest.DefaultUpstreams(), nil
+	}
+	var out []cachetest.Upstream
+	next := 5100
+	for _, v := range f.upstreams {
+		host, url, ok := strings.Cut(v, "=")
+		if !ok || host == "" || url == "" {
+			return nil, usagef("--upstream %q: want host=URL, such as docker.io=https://registry-1.docker.io", v)
+		}
+		u := cachetest.Upstream{Host: host, URL: url}
+		for _, d := range cachetest.DefaultUpstreams() {
+			if d.Host == host {
+				u.Port = d.Port
+			}
+		}
+		if u.Port == 0 {
+			u.Port = next
+			next++
+		}
+		out = append(out, u)
+	}
+	return out, nil
+}
+
+func (f *cacheFlags) root() (string, error) {
+	if f.storage != "" {
+		return f.storage, nil
+	}
+	dir, err := os.UserCacheDir()
+	if err != nil {
+		return "", fmt.Errorf("finding the user cache directory: %w (use --storage)", err)
+	}
+	return filepath.Join(dir, "pullthrough"), nil
+}
+
+func (f *cacheFlags) logger(cmd *cobra.Command) *slog.Logger {
+	level := slog.LevelWarn
+	if f.verbose {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+}
+
+// running is a cache found answering on a port of this host.
+type running struct {
+	Host     string      `json:"host"`
+	Addr     string      `json:"addr"`
+	Port     int         `json:"port"`
+	Mode     string      `json:"mode"`
+	Storage  string      `json:"storage"`
+	Stats    cache.Stats `json:"stats"`
+	DiskUsed int64       `json:"disk_used_bytes"`
+}
+
+// discover asks each upstream's port on loopback whether a pullthrough cache
+// serves it there, foreground or detached.
+func discover(ctx context.Context, ups []cachetest.Upstream) []running {
+	client := &http.Client{Timeout: 2 * time.Second}
+	var out []running
+	for _, u := range ups {
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(u.Port))
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+cache.StatsPath, nil)
+		if err != nil {
+			continue
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			continue
+		}
+		var st cache.Stats
+		err = json.NewDecoder(resp.Body).Decode(&st)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK || resp.Header.Get(cache.HeaderUpstream) != u.Host {
+			continue
+		}
+		_, mode, _ := strings.Cut(resp.Header.Get(cache.HeaderIdentity), "/")
+		r := running{Host: u.Host, Addr: addr, Port: u.Port, Mode: mode, Storage: resp.Header.Get(cache.HeaderStorage), Stats: st}
+		r.DiskUsed = du(r.Storage)
+		out = append(out, r)
+	}
+	return out
+}
+
+// du is the bytes of the regular files under dir.
+func du(dir string) int64 {
+	var n int64
+	if dir == "" {
+		return 0
+	}
+	_ = filepath.WalkDir(dir, func(_ string, d os.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			if info, err := d.Info(); err == nil {
+				n += info.Size()
+			}
+		}
+		return nil
+	})
+	return n
+}
+
+func mb(n int64) string { return fmt.Sprintf("%.1f MB", float64(n)/1e6) }

@@ -1,0 +1,295 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/pelletier/go-toml/v2"
+	"github.com/siderolabs/talos/pkg/machinery/config/configloader"
+	"github.com/siderolabs/talos/pkg/machinery/config/types/cri"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/pullthrough/pullthrough/fixtures"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "pullthrough-cli-")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "pullthrough")
+	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building the command: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+func cli(t *testing.T, stdin string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, args...)
+	var out, errOut bytes.Buffer
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = strings.NewReader(stdin), &out, &errOut
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else {
+		require.NoError(t, err)
+	}
+	return result{code, out.String(), errOut.String()}
+}
+
+func TestUsageErrors(t *testing.T) {
+	r := cli(t, "", "-h")
+	assert.Equal(t, 0, r.code, "-h exits 0")
+	assert.Contains(t, r.stdout, "prefetch")
+	for _, args := range [][]string{{"oops"}, {"up", "oops", "--mode", "bogus"}, {"config", "--format", "yaml"}, {"up", "--nope"}, {"gc", "--max-size", "lots"}} {
+		r := cli(t, "", args...)
+		assert.Equal(t, 2, r.code, "%v: %s", args, r.stderr)
+		assert.Equal(t, 1, strings.Count(r.stderr, "pullthrough:"), "one message: %s", r.stderr)
+	}
+	r = cli(t, "", "verify", "--storage", t.TempDir(), "--from", "-")
+	assert.Equal(t, 2, r.code)
+	assert.Contains(t, r.stderr, "no images")
+	r = cli(t, "registry.k8s.io/pause:3.10.1\nNot A Ref!\n", "verify", "--storage", t.TempDir(), "--from", "-")
+	assert.Equal(t, 2, r.code)
+	assert.Contains(t, r.stderr, "stdin line 2", "a bad reference names its line")
+}
+
+// freeBase finds n consecutive free ports (the caches hold their own
+// listeners once started; this only picks a base).
+func freeBase(t *testing.T, n int) int {
+	t.Helper()
+	for try := 0; try < 50; try++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		base := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		ok := true
+		for i := 0; i < n && ok; i++ {
+			l, err := net.Listen("tcp", fmt.Sprintf("0.0.0.0:%d", base+i))
+			if err != nil {
+				ok = false
+				continue
+			}
+			l.Close()
+		}
+		if ok && base+n < 65536 {
+			return base
+		}
+	}
+	t.Fatal("no free port range")
+	return 0
+}
+
+func TestEndToEnd(t *testing.T) {
+	ups := fixtures.NewTalosUpstreams(t, "v1.13.0", fixtures.WithScale(0.002), fixtures.Unthrottled())
+	storage := t.TempDir()
+	common := []string{"--storage", storage}
+	for _, u := range ups.All() {
+		common = append(common, "--upstream", u.Host()+"="+u.URL())
+	}
+	base := freeBase(t, len(ups.All()))
+	withPorts := append([]string{"--ports-from", fmt.Sprint(base)}, common...)
+
+	// verify before anything is cached: exit 3, naming an image.
+	r := cli(t, "", append([]string{"verify", "--talos", "v1.13.0"}, common...)...)
+	assert.Equal(t, 3, r.code, r.stdout+r.stderr)
+	assert.Contains(t, r.stdout, "missing  registry.k8s.io/pause:3.10.1")
+
+	// up, in the background, as a user would.
+	up := exec.Command(binary, append([]string{"up", "--bridge", "127.0.0.1"}, withPorts...)...)
+	stdout, err := up.StdoutPipe()
+	require.NoError(t, err)
+	var upErr bytes.Buffer
+	up.Stderr = &upErr
+	require.NoError(t, up.Start())
+	t.Cleanup(func() { _ = up.Process.Kill(); _ = up.Wait() })
+	sc := bufio.NewScanner(stdout)
+	var printed []string
+	for sc.Scan() {
+		printed = append(printed, sc.Text())
+		if strings.HasPrefix(sc.Text(), "# Talos config patches") {
+			break
+		}
+	}
+	text := strings.Join(printed, "\n")
+	require.Contains(t, text, "talosctl cluster create docker \\", "the docker provisioner's form: %s %s", text, upErr.String())
+	assert.Contains(t, text, "talosctl cluster create qemu --cidr 10.5.0.0/24 \\")
+	assert.Contains(t, text, fmt.Sprintf("--registry-mirror registry.k8s.io=http://10.5.0.1:%d", base+indexOf(ups, "registry.k8s.io")))
+
+	// prefetch through its own caches on the same storage, then verify.
+	r = cli(t, "", append([]string{"prefetch", "--talos", "v1.13.0"}, common...)...)
+	require.Equal(t, 0, r.code, r.stdout+r.stderr)
+	r = cli(t, "", append([]string{"verify", "--talos", "v1.13.0"}, common...)...)
+	require.Equal(t, 0, r.code, r.stdout+r.stderr)
+	assert.Contains(t, r.stdout, "are fully cached")
+
+	// status finds the running caches.
+	r = cli(t, "", append([]string{"status", "--json"}, withPorts...)...)
+	require.Equal(t, 0, r.code, r.stderr)
+	var found []running
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &found))
+	assert.Len(t, found, len(ups.All()))
+
+	t.Run("config formats parse back", func(t *testing.T) { checkConfigs(t, withPorts, ups, base) })
+
+	// export: read back with go-containerregistry's layout, digests checked.
+	out := t.TempDir()
+	r = cli(t, "", append([]string{"export", "--oci", out, "--talos", "v1.13.0"}, common...)...)
+	require.Equal(t, 0, r.code, r.stdout+r.stderr)
+	p, err := layout.FromPath(out)
+	require.NoError(t, err)
+	idx, err := p.ImageIndex()
+	require.NoError(t, err)
+	im, err := idx.IndexManifest()
+	require.NoError(t, err)
+	assert.Len(t, im.Manifests, len(ups.Images()))
+	for _, m := range im.Manifests {
+		img, err := idx.Image(m.Digest)
+		require.NoError(t, err)
+		layers, err := img.Layers()
+		require.NoError(t, err)
+		for _, l := range layers {
+			rc, err := l.Compressed() // verifies the digest at EOF
+			require.NoError(t, err)
+			_, err = io.Copy(io.Discard, rc)
+			require.NoError(t, err, m.Annotations["org.opencontainers.image.ref.name"])
+			rc.Close()
+		}
+	}
+
+	// SIGTERM: up prints what each cache did and exits 0.
+	require.NoError(t, up.Process.Signal(syscall.SIGTERM))
+	rest, _ := io.ReadAll(stdout)
+	require.NoError(t, up.Wait())
+	assert.Contains(t, string(rest), "# registry.k8s.io:")
+
+	// gc to zero, then verify fails again.
+	r = cli(t, "", append([]string{"gc", "--max-size", "0"}, common...)...)
+	require.Equal(t, 0, r.code, r.stderr)
+	r = cli(t, "", append([]string{"verify", "--talos", "v1.13.0"}, common...)...)
+	assert.Equal(t, 3, r.code)
+	r = cli(t, "", append([]string{"purge"}, common...)...)
+	require.Equal(t, 0, r.code, r.stderr)
+	ents, _ := os.ReadDir(storage)
+	assert.Empty(t, ents)
+}
+
+func indexOf(ups *fixtures.Upstreams, host string) int {
+	for i, u := range ups.All() {
+		if u.Host() == host {
+			return i
+		}
+	}
+	return -1
+}
+
+func checkConfigs(t *testing.T, withPorts []string, ups *fixtures.Upstreams, base int) {
+	want := map[string]string{}
+	for i, u := range ups.All() {
+		want[u.Host()] = fmt.Sprintf("http://127.0.0.1:%d", base+i)
+	}
+	conf := func(format string, extra ...string) string {
+		r := cli(t, "", append(append([]string{"config", "--format", format, "--bridge", "127.0.0.1"}, extra...), withPorts...)...)
+		require.Equal(t, 0, r.code, r.stderr)
+		return r.stdout
+	}
+	// Talos's own loader reads the patch.
+	patch := conf("talos-patch", "--skip-fallback")
+	prov, err := configloader.NewFromBytes([]byte(patch))
+	require.NoError(t, err, patch)
+	got := map[string]string{}
+	for _, doc := range prov.Documents() {
+		m, ok := doc.(*cri.RegistryMirrorConfigV1Alpha1)
+		require.True(t, ok, "%T", doc)
+		require.Len(t, m.RegistryEndpoints, 1)
+		got[m.Name()] = m.RegistryEndpoints[0].EndpointURL.String()
+		assert.True(t, m.SkipFallback())
+	}
+	assert.Equal(t, want, got)
+
+	dir := t.TempDir()
+	conf("containerd", "--dir", dir)
+	got = map[string]string{}
+	for h := range want {
+		b, err := os.ReadFile(filepath.Join(dir, h, "hosts.toml"))
+		require.NoError(t, err)
+		var hosts struct {
+			Server string                    `toml:"server"`
+			Host   map[string]map[string]any `toml:"host"`
+		}
+		require.NoError(t, toml.Unmarshal(b, &hosts), string(b))
+		for ep := range hosts.Host {
+			got[h] = ep
+		}
+	}
+	assert.Equal(t, want, got)
+
+	var k3s struct {
+		Mirrors map[string]struct{ Endpoint []string } `yaml:"mirrors"`
+	}
+	require.NoError(t, yaml.Unmarshal([]byte(conf("k3s")), &k3s))
+	got = map[string]string{}
+	for h, m := range k3s.Mirrors {
+		got[h] = m.Endpoint[0]
+	}
+	assert.Equal(t, want, got)
+
+	var kind struct {
+		Kind    string   `yaml:"kind"`
+		Patches []string `yaml:"containerdConfigPatches"`
+	}
+	require.NoError(t, yaml.Unmarshal([]byte(conf("kind")), &kind))
+	require.Len(t, kind.Patches, 1)
+	var cfg struct {
+		Plugins map[string]struct {
+			Registry struct {
+				Mirrors map[string]struct{ Endpoint []string } `toml:"mirrors"`
+			} `toml:"registry"`
+		} `toml:"plugins"`
+	}
+	require.NoError(t, toml.Unmarshal([]byte(kind.Patches[0]), &cfg), kind.Patches[0])
+	got = map[string]string{}
+	for h, m := range cfg.Plugins["io.containerd.grpc.v1.cri"].Registry.Mirrors {
+		got[h] = m.Endpoint[0]
+	}
+	assert.Equal(t, want, got)
+
+	qemu := conf("talosctl-qemu")
+	assert.True(t, strings.HasPrefix(qemu, "talosctl cluster create qemu --cidr 10.5.0.0/24"), qemu)
+	docker := conf("talosctl-docker")
+	assert.True(t, strings.HasPrefix(docker, "talosctl cluster create docker \\"), docker)
+
+	// Docker's daemon.json: docker.io only, which the fixture set lacks.
+	r := cli(t, "", append([]string{"config", "--format", "docker", "--bridge", "127.0.0.1"}, withPorts...)...)
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, "docker.io only")
+}

@@ -1,0 +1,140 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pullthrough/pullthrough/cachetest"
+)
+
+func newUp() *cobra.Command {
+	var f cacheFlags
+	var osPorts, loopbackOnly bool
+	var bridge, cidr, mode string
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Start the caches and print the talosctl lines that use them; serve until Ctrl-C",
+		Long: `up starts one cache per upstream on the guide's ports (5000–5006), listening on every
+interface as 'docker run -p' does (clients are admitted from loopback, Docker's bridges and
+Talos's qemu bridges only), prints the talosctl cluster create lines for the docker and qemu
+provisioners, serves until SIGINT or SIGTERM, then prints what each cache did.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ups, err := f.list()
+			if err != nil {
+				return err
+			}
+			m, err := parseMode(mode)
+			if err != nil {
+				return err
+			}
+			gw, err := cachetest.GatewayIP(cidr)
+			if err != nil {
+				return usagef("--cidr %q: %v", cidr, err)
+			}
+			root, err := f.root()
+			if err != nil {
+				return err
+			}
+			opts := []cachetest.Option{cachetest.WithUpstreams(ups...), cachetest.WithLogger(f.logger(cmd)),
+				cachetest.WithMode(m), cachetest.WithStorageDir(root)}
+			if !osPorts {
+				opts = append(opts, cachetest.WithFixedPorts())
+			}
+			if bridge == "" {
+				if bridge, err = cachetest.DockerBridgeIP(); err != nil {
+					bridge = ""
+				}
+			}
+			if loopbackOnly {
+				opts = append(opts, cachetest.WithListenAddrs("127.0.0.1"))
+			} else {
+				opts = append(opts, cachetest.WithListenAll())
+			}
+			startCtx, cancel := context.WithTimeout(cmd.Context(), time.Minute)
+			set, err := cachetest.Start(startCtx, opts...)
+			cancel()
+			if errors.Is(err, cachetest.ErrPortInUse) {
+				return fmt.Errorf("%w\n(--os-ports lets the system pick free ports; `pullthrough status` shows caches already running)", err)
+			}
+			if err != nil {
+				return err
+			}
+			defer set.Close()
+			out := cmd.OutOrStdout()
+			for _, c := range set.Caches() {
+				state := "started"
+				if c.Reused() {
+					state = "already served by another pullthrough process; sharing it"
+				}
+				fmt.Fprintf(out, "# %s → %s on :%d (%s), storage %s\n", c.Host(), c.Upstream().URL, c.Port(), state, c.StorageDir())
+			}
+			fmt.Fprintln(out)
+			if bridge != "" {
+				fmt.Fprintf(out, "# Docker provisioner: nodes reach this host at docker0's %s\n", bridge)
+				printTalosctl(out, set, "docker", bridge, "")
+			} else {
+				fmt.Fprintln(out, "# Docker provisioner: no docker0 here; name the address nodes reach this host at with --bridge")
+			}
+			fmt.Fprintf(out, "# QEMU provisioner: nodes reach this host at the gateway of --cidr %s, %s (the bridge appears with the cluster)\n", cidr, gw)
+			if loopbackOnly {
+				fmt.Fprintln(out, "# (not with --loopback-only: the caches do not listen there)")
+			}
+			printTalosctl(out, set, "qemu", gw, cidr)
+			fmt.Fprintln(out, "# Talos config patches and configs for kind, k3s, containerd and Docker: pullthrough config --format …")
+			<-cmd.Context().Done()
+			fmt.Fprintln(out)
+			for _, c := range set.Caches() {
+				st := c.Stats()
+				fmt.Fprintf(out, "# %s: %d requests, %d hits, %d misses, %s from upstream, %s served\n",
+					c.Host(), st.Requests, st.Hits, st.Misses, mb(st.UpstreamBytes), mb(st.ServedBytes))
+			}
+			return nil
+		},
+	}
+	f.register(cmd)
+	cmd.Flags().BoolVar(&osPorts, "os-ports", false, "let the system pick free ports instead of the guide's 5000–5006")
+	cmd.Flags().BoolVar(&loopbackOnly, "loopback-only", false, "listen on 127.0.0.1 only (no nodes can reach the caches)")
+	cmd.Flags().StringVar(&bridge, "bridge", "", "address Docker nodes reach this host at (default: docker0's)")
+	cmd.Flags().StringVar(&cidr, "cidr", "10.5.0.0/24", "the qemu provisioner's --cidr; its gateway is where qemu nodes reach the caches")
+	cmd.Flags().StringVar(&mode, "mode", "online", "online, offline or strict")
+	return cmd
+}
+
+func parseMode(s string) (cachetest.Mode, error) {
+	switch s {
+	case "online":
+		return cachetest.Online, nil
+	case "offline":
+		return cachetest.Offline, nil
+	case "strict":
+		return cachetest.Strict, nil
+	}
+	return 0, usagef("--mode %q: want online, offline or strict", s)
+}
+
+// printTalosctl prints talosctl v1.13's command for a provisioner: the
+// docker and qemu forms are subcommands; a bare `talosctl cluster create`
+// is the developer command that always uses QEMU.
+func printTalosctl(w io.Writer, set *cachetest.Set, provisioner, addr, cidr string) {
+	var lines []string
+	for _, c := range set.Caches() {
+		lines = append(lines, fmt.Sprintf("--registry-mirror %s=http://%s", c.Host(), net.JoinHostPort(addr, fmt.Sprint(c.Port()))))
+	}
+	printTalosctlLines(w, provisioner, cidr, lines)
+}
+
+func printTalosctlLines(w io.Writer, provisioner, cidr string, mirrorFlags []string) {
+	fmt.Fprintf(w, "talosctl cluster create %s", provisioner)
+	if cidr != "" {
+		fmt.Fprintf(w, " --cidr %s", cidr)
+	}
+	fmt.Fprintf(w, " \\\n  %s\n", strings.Join(mirrorFlags, " \\\n  "))
+}
