@@ -17,7 +17,8 @@ import (
 func newUp() *cobra.Command {
 	var f cacheFlags
 	var osPorts, loopbackOnly bool
-	var bridge, cidr, mode string
+	var bridge, cidr, mode, name string
+	var detached bool
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Start the caches and print the talosctl lines that use them; serve until Ctrl-C",
@@ -42,6 +43,12 @@ provisioners, serves until SIGINT or SIGTERM, then prints what each cache did.`,
 			root, err := f.root()
 			if err != nil {
 				return err
+			}
+			if detached {
+				if osPorts {
+					return usagef("--detach with --os-ports: a detached cache needs ports known in advance")
+				}
+				return detach(cmd, name, root)
 			}
 			opts := []cachetest.Option{cachetest.WithUpstreams(ups...), cachetest.WithLogger(f.logger(cmd)),
 				cachetest.WithMode(m), cachetest.WithStorageDir(root)}
@@ -105,6 +112,8 @@ provisioners, serves until SIGINT or SIGTERM, then prints what each cache did.`,
 	cmd.Flags().StringVar(&bridge, "bridge", "", "address Docker nodes reach this host at (default: docker0's)")
 	cmd.Flags().StringVar(&cidr, "cidr", "10.5.0.0/24", "the qemu provisioner's --cidr; its gateway is where qemu nodes reach the caches")
 	cmd.Flags().StringVar(&mode, "mode", "online", "online, offline or strict")
+	cmd.Flags().BoolVarP(&detached, "detach", "d", false, "run in a container of this project's own image that restarts with Docker, like the guide's `docker run --restart always`")
+	cmd.Flags().StringVar(&name, "name", "pullthrough", "name of the detached container")
 	return cmd
 }
 

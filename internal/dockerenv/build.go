@@ -95,7 +95,22 @@ func BuildGoImage(ctx context.Context, cli *client.Client, opts BuildOptions, lo
 	if err != nil {
 		return fmt.Errorf("building image %q: %w", opts.Tag, err)
 	}
+	return buildImage(ctx, cli, binary, bin, opts, log)
+}
 
+// BuildBinaryImage packs a static linux binary that already exists (bin)
+// into an image FROM scratch, as BuildGoImage does after its go build.
+func BuildBinaryImage(ctx context.Context, cli *client.Client, bin []byte, opts BuildOptions, log io.Writer) error {
+	if log == nil {
+		log = io.Discard
+	}
+	if opts.Tag == "" || opts.Binary == "" || strings.ContainsAny(opts.Binary, `/\`) {
+		return fmt.Errorf("building image %q: want a Tag and a plain Binary file name", opts.Tag)
+	}
+	return buildImage(ctx, cli, opts.Binary, bin, opts, log)
+}
+
+func buildImage(ctx context.Context, cli *client.Client, binary string, bin []byte, opts BuildOptions, log io.Writer) error {
 	dockerfile, err := renderDockerfile(binary, opts.Env)
 	if err != nil {
 		return fmt.Errorf("building image %q: %w", opts.Tag, err)

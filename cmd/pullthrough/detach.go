@@ -1,0 +1,188 @@
+package main
+
+import (
+	"crypto/sha256"
+	"debug/elf"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/client"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/pullthrough/pullthrough/internal/dockerenv"
+)
+
+// Labels on the detached container: managed marks it as this project's, so
+// a container of the same name made by anyone else is never touched.
+const (
+	labelManaged = "dev.pullthrough.managed"
+	labelStorage = "dev.pullthrough.storage"
+)
+
+// detach runs `up` as a container of this project's own image, built from
+// this very binary FROM scratch (nothing pulled), on the host's network, with
+// the guide's restart policy, so the caches come back with the Docker daemon
+// and after a reboot. Storage is the host directory, bound at the same path.
+func detach(cmd *cobra.Command, name, root string) error {
+	ctx := cmd.Context()
+	out := cmd.OutOrStdout()
+	cli, err := dockerenv.Client(ctx)
+	if err != nil {
+		return fmt.Errorf("--detach runs the caches in a container: %w", err)
+	}
+	defer cli.Close()
+	if existing, err := cli.ContainerInspect(ctx, name, client.ContainerInspectOptions{}); err == nil {
+		if existing.Container.Config == nil || existing.Container.Config.Labels[labelManaged] != "true" {
+			return fmt.Errorf("a container named %q exists and was not made by pullthrough: it is left alone; remove or rename it, or pick another name with --name", name)
+		}
+		if existing.Container.State != nil && existing.Container.State.Running {
+			return fmt.Errorf("pullthrough is already running detached as container %q (see `pullthrough status`; `pullthrough down` stops it)", name)
+		}
+		if _, err := cli.ContainerRemove(ctx, existing.Container.ID, client.ContainerRemoveOptions{Force: true}); err != nil {
+			return fmt.Errorf("removing the stopped container %q: %w", name, err)
+		}
+	}
+	bin, err := staticSelf()
+	if err != nil {
+		return err
+	}
+	sum := sha256.Sum256(bin)
+	tag := "pullthrough.local/pullthrough:" + hex.EncodeToString(sum[:6])
+	// The image carries no managed label: a container someone else makes
+	// from it must not pass for one of ours.
+	if err := dockerenv.BuildBinaryImage(ctx, cli, bin, dockerenv.BuildOptions{Tag: tag, Binary: "pullthrough"}, nil); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return fmt.Errorf("creating storage %s: %w", root, err)
+	}
+	args := append([]string{"up", "--storage", root}, forwardedFlags(cmd)...)
+	created, err := cli.ContainerCreate(ctx, client.ContainerCreateOptions{
+		Name: name,
+		Config: &container.Config{
+			Image:  tag,
+			Cmd:    args,
+			User:   fmt.Sprintf("%d:%d", os.Getuid(), os.Getgid()), // storage stays the user's
+			Labels: map[string]string{labelManaged: "true", labelStorage: root},
+		},
+		HostConfig: &container.HostConfig{
+			NetworkMode:   "host",
+			Binds:         []string{root + ":" + root},
+			RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyAlways},
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("creating container %q: %w", name, err)
+	}
+	if _, err := cli.ContainerStart(ctx, created.ID, client.ContainerStartOptions{}); err != nil {
+		_, _ = cli.ContainerRemove(ctx, created.ID, client.ContainerRemoveOptions{Force: true})
+		return fmt.Errorf("starting container %q: %w", name, err)
+	}
+	// Show what it printed: the talosctl lines.
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		logs, _ := dockerenv.ContainerLogs(ctx, cli, created.ID)
+		if strings.Contains(logs, "# Talos config patches") {
+			fmt.Fprint(out, logs)
+			fmt.Fprintf(out, "# running detached as container %q (restart: always); `pullthrough down` stops it, keeping %s\n", name, root)
+			return nil
+		}
+		if info, err := cli.ContainerInspect(ctx, created.ID, client.ContainerInspectOptions{}); err == nil && info.Container.State != nil && !info.Container.State.Running {
+			return fmt.Errorf("container %q stopped: %s", name, strings.TrimSpace(logs))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("container %q did not report its caches within 30s (docker logs %s)", name, name)
+}
+
+// forwardedFlags are the flags given to `up`, minus the ones detach handles.
+func forwardedFlags(cmd *cobra.Command) []string {
+	var out []string
+	cmd.Flags().Visit(func(f *pflag.Flag) {
+		switch f.Name {
+		case "detach", "name", "storage":
+			return
+		}
+		if sv, ok := f.Value.(pflag.SliceValue); ok {
+			for _, v := range sv.GetSlice() {
+				out = append(out, "--"+f.Name+"="+v)
+			}
+			return
+		}
+		out = append(out, "--"+f.Name+"="+f.Value.String())
+	})
+	return out
+}
+
+// staticSelf returns this executable if it is statically linked, which a
+// FROM scratch image needs.
+func staticSelf() ([]byte, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	f, err := elf.Open(exe)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", exe, err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return nil, errors.New("this pullthrough binary is dynamically linked and cannot run in a FROM scratch image: " +
+				"install it with CGO_ENABLED=0 go install github.com/pullthrough/pullthrough/cmd/pullthrough@latest")
+		}
+	}
+	return os.ReadFile(exe)
+}
+
+func newDown() *cobra.Command {
+	var name string
+	var purge bool
+	cmd := &cobra.Command{
+		Use:   "down",
+		Short: "Stop the detached caches (storage is kept; --purge drops it)",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			cli, err := dockerenv.Client(ctx)
+			if err != nil {
+				return err
+			}
+			defer cli.Close()
+			info, err := cli.ContainerInspect(ctx, name, client.ContainerInspectOptions{})
+			if err != nil {
+				return fmt.Errorf("no container named %q: nothing runs detached under that name", name)
+			}
+			if info.Container.Config == nil || info.Container.Config.Labels[labelManaged] != "true" {
+				return fmt.Errorf("container %q was not made by pullthrough: left alone", name)
+			}
+			root := info.Container.Config.Labels[labelStorage]
+			if _, err := cli.ContainerRemove(ctx, info.Container.ID, client.ContainerRemoveOptions{Force: true}); err != nil {
+				return fmt.Errorf("removing container %q: %w", name, err)
+			}
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "stopped and removed container %q\n", name)
+			if !purge {
+				fmt.Fprintf(out, "storage kept in %s (`pullthrough down --purge` or `pullthrough purge` drops it)\n", root)
+				return nil
+			}
+			if root == "" {
+				return errors.New("the container did not record its storage directory: nothing purged")
+			}
+			if err := os.RemoveAll(root); err != nil {
+				return fmt.Errorf("removing storage %s: %w", root, err)
+			}
+			fmt.Fprintf(out, "removed storage %s\n", root)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&name, "name", "pullthrough", "name of the detached container")
+	cmd.Flags().BoolVar(&purge, "purge", false, "also remove the storage directory")
+	return cmd
+}

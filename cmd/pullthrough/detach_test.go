@@ -1,0 +1,110 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/client"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pullthrough/pullthrough/fixtures"
+	"github.com/pullthrough/pullthrough/internal/dockerenv"
+)
+
+func TestDetachedCachesSurviveRestartAndDownCleansUp(t *testing.T) {
+	cli := dockerenv.Require(t)
+	ctx := t.Context()
+	ups := fixtures.NewTalosUpstreams(t, "v1.13.0", fixtures.WithScale(0.002), fixtures.Unthrottled())
+	storage := t.TempDir()
+	name := fmt.Sprintf("pullthrough-test-%d", os.Getpid())
+	common := []string{"--storage", storage}
+	for _, u := range ups.All() {
+		common = append(common, "--upstream", u.Host()+"="+u.URL())
+	}
+	withPorts := append([]string{"--ports-from", fmt.Sprint(freeBase(t, len(ups.All())))}, common...)
+	t.Cleanup(func() {
+		_, _ = cli.ContainerRemove(context.Background(), name, client.ContainerRemoveOptions{Force: true})
+	})
+
+	r := cli2(t, append([]string{"up", "--detach", "--name", name, "--bridge", "127.0.0.1"}, withPorts...)...)
+	require.Equal(t, 0, r.code, r.stdout+r.stderr)
+	assert.Contains(t, r.stdout, "talosctl cluster create docker")
+	r = cli2(t, append([]string{"up", "--detach", "--name", name}, withPorts...)...)
+	assert.Equal(t, 1, r.code, "a second detach names the running one")
+	assert.Contains(t, r.stderr, "already running detached")
+
+	r = cli2(t, append([]string{"prefetch", "--talos", "v1.13.0"}, common...)...)
+	require.Equal(t, 0, r.code, r.stdout+r.stderr)
+	waitStatus(t, withPorts, len(ups.All()))
+
+	// Restarted (as after a reboot or a daemon restart): back, and warm.
+	_, err := cli.ContainerRestart(ctx, name, client.ContainerRestartOptions{})
+	require.NoError(t, err)
+	waitStatus(t, withPorts, len(ups.All()))
+	ups.ResetCounts()
+	r = cli2(t, append([]string{"verify", "--talos", "v1.13.0"}, common...)...)
+	require.Equal(t, 0, r.code, r.stdout+r.stderr)
+	assert.Zero(t, ups.Counts().BytesSent, "warm after a restart")
+
+	r = cli2(t, "down", "--name", name)
+	require.Equal(t, 0, r.code, r.stderr)
+	_, err = cli.ContainerInspect(ctx, name, client.ContainerInspectOptions{})
+	assert.Error(t, err, "container left after down")
+	ents, _ := os.ReadDir(storage)
+	assert.NotEmpty(t, ents, "down keeps the storage")
+
+	r = cli2(t, append([]string{"up", "--detach", "--name", name, "--bridge", "127.0.0.1"}, withPorts...)...)
+	require.Equal(t, 0, r.code, r.stdout+r.stderr)
+	r = cli2(t, "down", "--name", name, "--purge")
+	require.Equal(t, 0, r.code, r.stderr)
+	_, err = os.Stat(storage)
+	assert.True(t, os.IsNotExist(err), "down --purge drops the storage")
+}
+
+func TestDetachNeverTouchesAContainerItDidNotMake(t *testing.T) {
+	cli := dockerenv.Require(t)
+	ctx := t.Context()
+	name := fmt.Sprintf("pullthrough-foreign-%d", os.Getpid())
+	// Someone else's container under the name: made from any local image.
+	imgs, err := cli.ImageList(ctx, client.ImageListOptions{})
+	require.NoError(t, err)
+	var image string
+	for _, im := range imgs.Items {
+		for _, tag := range im.RepoTags {
+			if strings.HasPrefix(tag, "pullthrough.local/") {
+				image = tag
+			}
+		}
+	}
+	if image == "" {
+		t.Skip("no local pullthrough.local image to make a foreign container from (run the detach test first)")
+	}
+	_, err = cli.ContainerCreate(ctx, client.ContainerCreateOptions{Name: name, Config: &container.Config{Image: image}})
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		_, _ = cli.ContainerRemove(context.Background(), name, client.ContainerRemoveOptions{Force: true})
+	})
+	r := cli2(t, "up", "--detach", "--name", name, "--storage", t.TempDir())
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, "was not made by pullthrough")
+	r = cli2(t, "down", "--name", name)
+	assert.Equal(t, 1, r.code)
+	_, err = cli.ContainerInspect(ctx, name, client.ContainerInspectOptions{})
+	assert.NoError(t, err, "the foreign container is still there")
+}
+
+func cli2(t *testing.T, args ...string) result { t.Helper(); return cli(t, "", args...) }
+
+func waitStatus(t *testing.T, withPorts []string, n int) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		r := cli2(t, append([]string{"status"}, withPorts...)...)
+		return r.code == 0 && strings.Count(r.stdout, "online") == n
+	}, 30*time.Second, 200*time.Millisecond)
+}
