@@ -10,16 +10,16 @@ import (
 )
 
 // Mode says when caches ask their upstreams.
-type Mode = cache.Mode
+type Mode int
 
 const (
 	// Online revalidates a tag with upstream once its TTL has passed.
-	Online = cache.ModeOnline
+	Online Mode = Mode(cache.ModeOnline)
 	// Offline serves cached tags without asking upstream; what is missing is
 	// still fetched.
-	Offline = cache.ModeOffline
+	Offline Mode = Mode(cache.ModeOffline)
 	// Strict never asks upstream: anything not cached fails with its name.
-	Strict = cache.ModeStrict
+	Strict Mode = Mode(cache.ModeStrict)
 )
 
 // Option changes how Start, New and Main set caches up. Order does not matter,
@@ -42,6 +42,7 @@ type settings struct {
 	header     time.Duration
 	revalidate time.Duration
 	stall      time.Duration
+	tier       time.Duration
 	errs       []error
 }
 
@@ -113,3 +114,11 @@ func WithTimeouts(dial, header, revalidate time.Duration) Option {
 // warning naming the upstream and digest, and the next request starts a new
 // download.
 func WithStallTimeout(d time.Duration) Option { return func(s *settings) { s.stall = d } }
+
+// WithTierTimeout bounds the wait for a fleet tier's answer (default 3s); a
+// tier that misses it is skipped for a back-off period, and the next
+// endpoint is asked.
+func WithTierTimeout(d time.Duration) Option { return func(s *settings) { s.tier = d } }
+
+// String is "online", "offline" or "strict".
+func (m Mode) String() string { return cache.Mode(m).String() }

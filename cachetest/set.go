@@ -21,9 +21,6 @@ import (
 	"github.com/pullthrough/pullthrough/internal/cache"
 )
 
-// Stats counts what one cache did; see the field docs.
-type Stats = cache.Stats
-
 // Set is a group of running caches, one per upstream.
 type Set struct {
 	caches    []*Cache
@@ -142,7 +139,7 @@ func startCache(ctx context.Context, s *settings, u Upstream, addrs []string, st
 	if c.host == "0.0.0.0" {
 		c.host = "127.0.0.1"
 	}
-	lns, err := listen(ctx, u, addrs, s.fixedPorts, cache.Identity(remote.String(), s.mode))
+	lns, err := listen(ctx, u, addrs, s.fixedPorts, cache.Identity(remote.String(), cache.Mode(s.mode)))
 	var reuse *reuseError
 	switch {
 	case errors.As(err, &reuse):
@@ -165,6 +162,11 @@ func startCache(ctx context.Context, s *settings, u Upstream, addrs []string, st
 		closeListeners(lns)
 		return nil, err
 	}
+	tiers, err := u.tiers()
+	if err != nil {
+		closeListeners(lns)
+		return nil, err
+	}
 	c.logger = s.logger
 	if c.logger == nil {
 		c.logger = slog.New(slog.DiscardHandler)
@@ -172,8 +174,10 @@ func startCache(ctx context.Context, s *settings, u Upstream, addrs []string, st
 	c.engine, err = cache.New(ctx, cache.Config{
 		Host:              u.Host,
 		Remote:            remote,
+		Tiers:             tiers,
+		TierTimeout:       s.tier,
 		StorageDir:        c.storage,
-		Mode:              s.mode,
+		Mode:              cache.Mode(s.mode),
 		TagTTL:            s.tagTTL,
 		DialTimeout:       s.dial,
 		HeaderTimeout:     s.header,
@@ -315,6 +319,16 @@ func (c *Cache) StorageDir() string { return c.storage }
 // of one's own.
 func (c *Cache) Handler() http.Handler { return c.engine }
 
+// Endpoints says, per endpoint tried (tiers in order, the origin last), how
+// many requests this process sent it and how many body bytes it served.
+func (c *Cache) Endpoints() []EndpointStats {
+	var out []EndpointStats
+	for _, e := range c.engine.Endpoints() {
+		out = append(out, EndpointStats(e))
+	}
+	return out
+}
+
 // Reused reports that WithFixedPorts found a pullthrough cache of another
 // process for this upstream on the port, and that process still serves it.
 // This process shares its storage and takes the port over when it exits.
@@ -326,7 +340,7 @@ func (c *Cache) Reused() bool { return c.reused.Load() }
 func (c *Cache) Stats() Stats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	own := c.engine.Stats().Sub(c.base)
+	own := Stats(c.engine.Stats()).Sub(c.base)
 	if c.reused.Load() {
 		if r, err := remoteStats(c.remote); err == nil {
 			return own.Add(r.Sub(c.remoteBase))
@@ -339,7 +353,7 @@ func (c *Cache) Stats() Stats {
 func (c *Cache) ResetStats() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.base = c.engine.Stats()
+	c.base = Stats(c.engine.Stats())
 	if c.reused.Load() {
 		if r, err := remoteStats(c.remote); err == nil {
 			c.remoteBase = r

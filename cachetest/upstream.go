@@ -20,6 +20,13 @@ type Upstream struct {
 	URL string
 	// Port is the host port used with WithFixedPorts.
 	Port int
+	// Tiers are endpoints tried in order before URL: a CI fleet's shared
+	// cache (pullthrough serve, Harbor, registry:2, zot). A path in a tier's
+	// URL is a repository prefix, as Harbor projects need:
+	// "https://harbor.example/dockerhub-proxy". A tier that fails costs at
+	// most WithTierTimeout once and is then skipped for a back-off period.
+	// Tiers never get Credentials.
+	Tiers []string
 	// Credentials authenticate to the upstream: BasicAuth or
 	// FromCredentialHelper; the zero value pulls anonymously. They stay in
 	// the cache: no way of printing, marshalling or logging an Upstream
@@ -104,6 +111,18 @@ func (u Upstream) validate() (*url.URL, error) {
 		return nil, fmt.Errorf("upstream %s: URL %q: want http:// or https:// and a host, without credentials (use Credentials: BasicAuth)", u.Host, redactURL(u.URL))
 	}
 	return r, nil
+}
+
+func (u Upstream) tiers() ([]*url.URL, error) {
+	var out []*url.URL
+	for _, t := range u.Tiers {
+		r, err := url.Parse(t)
+		if err != nil || (r.Scheme != "http" && r.Scheme != "https") || r.Host == "" || r.User != nil {
+			return nil, fmt.Errorf("upstream %s: tier %q: want http:// or https:// and a host (and an optional repository prefix path), without credentials", u.Host, redactURL(t))
+		}
+		out = append(out, r)
+	}
+	return out, nil
 }
 
 // storageName keeps each upstream URL's content apart, so that a fixture

@@ -95,7 +95,7 @@ func (c *Cache) serveBlob(w http.ResponseWriter, r *http.Request, rt route) {
 func (c *Cache) headBlob(ctx context.Context, rt route) (int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.HeaderTimeout)
 	defer cancel()
-	resp, err := c.up.do(ctx, http.MethodHead, rt.name, "/v2/"+rt.name+"/blobs/"+rt.ref, nil)
+	resp, err := c.up.do(ctx, http.MethodHead, rt.name, "blobs/"+rt.ref, nil)
 	if err != nil {
 		return -1, err
 	}
@@ -103,7 +103,6 @@ func (c *Cache) headBlob(ctx context.Context, rt route) (int64, error) {
 		return -1, c.up.statusError(resp, "blob "+rt.String())
 	}
 	drain(resp.Body)
-	c.up.markUp()
 	return resp.ContentLength, nil
 }
 

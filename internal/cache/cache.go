@@ -49,8 +49,12 @@ func (m Mode) String() string {
 
 // Config is one cache's settings. Zero durations take the defaults below.
 type Config struct {
-	Host       string   // registry host as images name it, e.g. docker.io
-	Remote     *url.URL // where it is fetched from, e.g. https://registry-1.docker.io
+	Host   string   // registry host as images name it, e.g. docker.io
+	Remote *url.URL // where it is fetched from, e.g. https://registry-1.docker.io
+	// Tiers are tried in order before Remote: a fleet's shared cache
+	// (another pullthrough, Harbor, registry:2, zot). A path in a tier's URL
+	// is a repository prefix. Tiers get no credentials.
+	Tiers      []*url.URL
 	StorageDir string
 	Mode       Mode
 	// TagTTL is how long a tag confirmed by upstream is served without asking
@@ -62,9 +66,12 @@ type Config struct {
 	// StallTimeout abandons a blob download whose upstream sends nothing for
 	// this long.
 	StallTimeout time.Duration
-	Auth         authn.Authenticator // nil: anonymous
-	Access       *AccessPolicy       // nil: everyone
-	Logger       *slog.Logger        // nil: silent
+	// TierTimeout bounds the wait for a tier's response headers; a tier that
+	// misses it is skipped for a back-off period.
+	TierTimeout time.Duration
+	Auth        authn.Authenticator // nil: anonymous
+	Access      *AccessPolicy       // nil: everyone
+	Logger      *slog.Logger        // nil: silent
 }
 
 // Defaults for Config's durations.
@@ -74,6 +81,7 @@ const (
 	DefaultHeaderTimeout     = 30 * time.Second
 	DefaultRevalidateTimeout = 750 * time.Millisecond
 	DefaultStallTimeout      = 30 * time.Second
+	DefaultTierTimeout       = 3 * time.Second
 )
 
 // HeaderUpstream is set on every response of a cache to the registry host it
@@ -132,6 +140,12 @@ func New(ctx context.Context, cfg Config) (*Cache, error) {
 	def(&cfg.HeaderTimeout, DefaultHeaderTimeout)
 	def(&cfg.RevalidateTimeout, DefaultRevalidateTimeout)
 	def(&cfg.StallTimeout, DefaultStallTimeout)
+	def(&cfg.TierTimeout, DefaultTierTimeout)
+	for _, t := range cfg.Tiers {
+		if t == nil || (t.Scheme != "http" && t.Scheme != "https") || t.Host == "" || t.User != nil {
+			return nil, fmt.Errorf("upstream %q: fleet tier URL must be http:// or https:// with a host and no credentials", cfg.Host)
+		}
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -152,7 +166,7 @@ func New(ctx context.Context, cfg Config) (*Cache, error) {
 		cfg:      cfg,
 		identity: Identity(cfg.Remote.String(), cfg.Mode),
 		store:    st,
-		up:       newUpstream(cfg.Host, cfg.Remote, creds, cfg.DialTimeout, cfg.HeaderTimeout, stats, sec, log),
+		up:       newUpstream(cfg.Host, append(append([]*url.URL(nil), cfg.Tiers...), cfg.Remote), creds, cfg.DialTimeout, cfg.HeaderTimeout, cfg.TierTimeout, stats, sec, log),
 		secrets:  sec,
 		stats:    stats,
 		log:      log,
@@ -274,6 +288,23 @@ func (c *Cache) notCached(w http.ResponseWriter, rt route) {
 
 // Stats returns the counters since start.
 func (c *Cache) Stats() Stats { return c.stats.snapshot() }
+
+// EndpointStats counts, per endpoint (fleet tiers, then the origin), the
+// requests sent and the body bytes it served.
+type EndpointStats struct {
+	Endpoint string `json:"endpoint"`
+	Requests int64  `json:"requests"`
+	Bytes    int64  `json:"bytes"`
+}
+
+// Endpoints returns the counters of each endpoint, in the order tried.
+func (c *Cache) Endpoints() []EndpointStats {
+	out := make([]EndpointStats, 0, len(c.up.endpoints))
+	for _, ep := range c.up.endpoints {
+		out = append(out, EndpointStats{Endpoint: ep.label, Requests: ep.requests.Load(), Bytes: ep.bytes.Load()})
+	}
+	return out
+}
 
 // StorageDir is where the cache keeps its content.
 func (c *Cache) StorageDir() string { return c.cfg.StorageDir }

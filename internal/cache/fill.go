@@ -185,7 +185,7 @@ func (f *fill) download(lock *fileLock) (err error) {
 	defer cancel(nil)
 	stall := time.AfterFunc(c.cfg.StallTimeout, func() { cancel(errStalled) })
 	defer stall.Stop()
-	resp, err := c.up.do(ctx, http.MethodGet, f.repo, "/v2/"+f.repo+"/blobs/"+f.dgst.String(), nil)
+	resp, err := c.up.do(ctx, http.MethodGet, f.repo, "blobs/"+f.dgst.String(), nil)
 	if err != nil {
 		return f.fetchError(ctx, err, 0)
 	}
@@ -193,7 +193,6 @@ func (f *fill) download(lock *fileLock) (err error) {
 		return c.up.statusError(resp, "blob "+f.repo+"@"+f.dgst.String())
 	}
 	defer drain(resp.Body)
-	c.up.markUp()
 	size := resp.ContentLength
 	if free, ok := freeBytes(s.root); ok && size > free {
 		return fmt.Errorf("%w: blob %s needs %d bytes, %d are free in %s", ErrDiskFull, f.dgst, size, free, s.root)

@@ -139,7 +139,7 @@ func (c *Cache) manifest(ctx context.Context, rt route) (m manifest, hit bool, e
 func (c *Cache) headManifest(ctx context.Context, rt route, timeout time.Duration) (digest.Digest, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	resp, err := c.up.do(ctx, http.MethodHead, rt.name, "/v2/"+rt.name+"/manifests/"+rt.ref, manifestAccept)
+	resp, err := c.up.do(ctx, http.MethodHead, rt.name, "manifests/"+rt.ref, manifestAccept)
 	if err != nil {
 		return "", err
 	}
@@ -147,7 +147,6 @@ func (c *Cache) headManifest(ctx context.Context, rt route, timeout time.Duratio
 		return "", c.up.statusError(resp, "manifest "+rt.String())
 	}
 	drain(resp.Body)
-	c.up.markUp()
 	d, _ := digest.Parse(resp.Header.Get("Docker-Content-Digest"))
 	return d, nil
 }
@@ -159,7 +158,7 @@ func (c *Cache) fetchManifest(rt route) (manifest, error) {
 	v, err, shared := c.flights.Do("GET "+rt.String(), func() (any, error) {
 		ctx, cancel := context.WithTimeout(c.ctx, c.cfg.HeaderTimeout+c.cfg.StallTimeout)
 		defer cancel()
-		resp, err := c.up.do(ctx, http.MethodGet, rt.name, "/v2/"+rt.name+"/manifests/"+rt.ref, manifestAccept)
+		resp, err := c.up.do(ctx, http.MethodGet, rt.name, "manifests/"+rt.ref, manifestAccept)
 		if err != nil {
 			return manifest{}, err
 		}
@@ -169,9 +168,8 @@ func (c *Cache) fetchManifest(rt route) (manifest, error) {
 		payload, err := io.ReadAll(io.LimitReader(resp.Body, maxManifestSize+1))
 		drain(resp.Body)
 		if err != nil {
-			return manifest{}, c.up.transportError(ctx, err)
+			return manifest{}, c.up.transportError(ctx, nil, err)
 		}
-		c.up.markUp()
 		if len(payload) > maxManifestSize {
 			return manifest{}, &upstreamError{host: c.cfg.Host, status: http.StatusBadGateway, code: "MANIFEST_INVALID",
 				msg: fmt.Sprintf("upstream %s sent manifest %s larger than %d bytes", c.cfg.Host, rt.String(), maxManifestSize)}

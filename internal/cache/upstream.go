@@ -21,21 +21,66 @@ import (
 // one registry, with bounded waits, credentials and the token dance. Nothing
 // else can reach it: there is no listener in between.
 type upstream struct {
-	host    string   // registry host, for messages
-	remote  *url.URL // without credentials
-	creds   *credentials
-	client  *http.Client
-	base    *http.Transport
-	header  time.Duration
-	stats   *counters
-	secrets *secrets
-	log     *slog.Logger
+	host string // registry host, for messages
+	// endpoints are tried in order: fleet tiers first, the origin last.
+	endpoints []*endpoint
+	creds     *credentials // for the origin only: a fleet tier never sees them
+	client    *http.Client
+	base      *http.Transport
+	header    time.Duration
+	tier      time.Duration // header timeout of an endpoint that is not the last
+	stats     *counters
+	secrets   *secrets
+	log       *slog.Logger
 
 	mu     sync.Mutex
-	tokens map[string]bearer // by scope
+	tokens map[string]bearer // by endpoint and scope
+}
 
-	downUntil atomic.Int64 // unix nanos: revalidations skip upstream until then
+// endpoint is one place a cache fetches from: a fleet tier (another cache,
+// Harbor, registry:2, zot) or the origin registry. A path in its URL is a
+// repository prefix, as Harbor projects and zot prefixes use
+// (https://harbor.example/v2/dockerhub-proxy or https://harbor.example/dockerhub-proxy).
+type endpoint struct {
+	remote *url.URL // scheme and host only
+	prefix string   // repository prefix, without slashes at either end
+	label  string   // for messages and counters: scheme, host, prefix
+
+	downUntil atomic.Int64 // unix nanos: skipped (if not the last) until then
 	backoff   atomic.Int64
+	requests  atomic.Int64
+	bytes     atomic.Int64
+}
+
+func newEndpoint(u *url.URL) *endpoint {
+	r := &url.URL{Scheme: u.Scheme, Host: u.Host}
+	p := strings.Trim(u.Path, "/")
+	p = strings.Trim(strings.TrimPrefix(p, "v2"), "/")
+	label := r.String()
+	if p != "" {
+		label += "/" + p
+	}
+	return &endpoint{remote: r, prefix: p, label: label}
+}
+
+func (e *endpoint) isDown() bool { return time.Now().UnixNano() < e.downUntil.Load() }
+
+func (e *endpoint) markDown() {
+	b := time.Duration(e.backoff.Load())
+	if b < minBackoff {
+		b = minBackoff
+	} else if b *= 2; b > maxBackoff {
+		b = maxBackoff
+	}
+	e.backoff.Store(int64(b))
+	e.downUntil.Store(time.Now().Add(b).UnixNano())
+}
+
+func (e *endpoint) markUp() {
+	if e.backoff.Load() != 0 {
+		e.backoff.Store(0)
+		e.downUntil.Store(0)
+	}
 }
 
 type bearer struct {
@@ -43,7 +88,7 @@ type bearer struct {
 	expires time.Time
 }
 
-func newUpstream(host string, remote *url.URL, creds *credentials, dial, header time.Duration, stats *counters, sec *secrets, log *slog.Logger) *upstream {
+func newUpstream(host string, remotes []*url.URL, creds *credentials, dial, header, tier time.Duration, stats *counters, sec *secrets, log *slog.Logger) *upstream {
 	base := &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
 		DialContext:           (&net.Dialer{Timeout: dial, KeepAlive: 30 * time.Second}).DialContext,
@@ -54,7 +99,10 @@ func newUpstream(host string, remote *url.URL, creds *credentials, dial, header 
 		IdleConnTimeout:       90 * time.Second,
 		ForceAttemptHTTP2:     true,
 	}
-	u := &upstream{host: host, remote: remote, creds: creds, base: base, header: header, stats: stats, secrets: sec, log: log, tokens: map[string]bearer{}}
+	u := &upstream{host: host, creds: creds, base: base, header: header, tier: tier, stats: stats, secrets: sec, log: log, tokens: map[string]bearer{}}
+	for _, r := range remotes {
+		u.endpoints = append(u.endpoints, newEndpoint(r))
+	}
 	u.client = &http.Client{
 		Transport: countingTransport{base, stats},
 		// Registries send blobs to a CDN on another host; the credentials
@@ -106,31 +154,86 @@ func drain(body io.ReadCloser) {
 	body.Close()
 }
 
-// do sends one pull request for a repository path ("/v2/<name>/…"). A 401
-// with a challenge is answered once with credentials or a token. The caller
-// closes the body of a response; err is an *upstreamError when the upstream
-// could not be reached.
-func (u *upstream) do(ctx context.Context, method, repo, path string, accept []string) (*http.Response, error) {
+// do sends one pull request for a repository ("manifests/<ref>" or
+// "blobs/<digest>" under /v2/<name>/) to the first endpoint that answers it
+// with a success, trying fleet tiers in order and the origin last. A tier
+// that fails is skipped for a back-off period; a tier's answer must start
+// within the tier timeout. The last endpoint's answer is returned whatever it
+// is. The caller closes the body of a response; err is an *upstreamError
+// when no endpoint could be reached.
+func (u *upstream) do(ctx context.Context, method, repo, rest string, accept []string) (*http.Response, error) {
 	if method != http.MethodGet && method != http.MethodHead {
 		return nil, fmt.Errorf("method %s is not a pull", method)
 	}
-	target := *u.remote
-	target.Path = strings.TrimSuffix(u.remote.Path, "/") + path
-	target.RawQuery = ""
-	scope := "repository:" + repo + ":pull"
-	for attempt := 0; ; attempt++ {
-		req, err := http.NewRequestWithContext(ctx, method, target.String(), nil)
+	for i, ep := range u.endpoints {
+		last := i == len(u.endpoints)-1
+		if !last && ep.isDown() {
+			continue
+		}
+		resp, err := u.doOne(ctx, ep, last, method, repo, rest, accept)
+		if last {
+			if err == nil && (resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests) {
+				ep.markDown()
+			}
+			return resp, err
+		}
 		if err != nil {
+			if ctx.Err() != nil {
+				return nil, err
+			}
+			u.log.Warn("fleet tier failed; trying the next endpoint", "endpoint", ep.label, "error", err)
+			continue
+		}
+		if resp.StatusCode/100 == 2 {
+			return resp, nil
+		}
+		e := u.statusError(resp, repo+" "+rest)
+		if resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests {
+			ep.markDown()
+		}
+		u.log.Warn("fleet tier answered an error; trying the next endpoint", "endpoint", ep.label, "error", e.msg)
+	}
+	return nil, errors.New("no endpoints") // unreachable: the origin is always last
+}
+
+func (u *upstream) doOne(ctx context.Context, ep *endpoint, last bool, method, repo, rest string, accept []string) (*http.Response, error) {
+	name := repo
+	if ep.prefix != "" {
+		name = ep.prefix + "/" + repo
+	}
+	target := *ep.remote
+	target.Path = "/v2/" + name + "/" + rest
+	scope := "repository:" + name + ":pull"
+	for attempt := 0; ; attempt++ {
+		reqCtx, cancel := context.WithCancel(ctx)
+		var timer *time.Timer
+		if !last && u.tier > 0 {
+			timer = time.AfterFunc(u.tier, cancel)
+		}
+		req, err := http.NewRequestWithContext(reqCtx, method, target.String(), nil)
+		if err != nil {
+			cancel()
 			return nil, err
 		}
 		for _, a := range accept {
 			req.Header.Add("Accept", a)
 		}
 		req.Header.Set("User-Agent", "pullthrough")
-		u.authorize(req, scope)
+		u.authorize(req, ep, last, scope)
+		ep.requests.Add(1)
 		resp, err := u.client.Do(req)
+		if timer != nil && !timer.Stop() && err == nil {
+			// The tier timeout fired as the answer came: treat it as late.
+			resp.Body.Close()
+			err = context.DeadlineExceeded
+		}
 		if err != nil {
-			return nil, u.transportError(ctx, err)
+			cancel()
+			return nil, u.transportError(ctx, ep, err)
+		}
+		resp.Body = &endpointBody{ReadCloser: resp.Body, ep: ep, cancel: cancel}
+		if resp.StatusCode/100 == 2 {
+			ep.markUp()
 		}
 		if resp.StatusCode != http.StatusUnauthorized || attempt > 0 {
 			return resp, nil
@@ -140,13 +243,13 @@ func (u *upstream) do(ctx context.Context, method, repo, path string, accept []s
 		switch {
 		case scheme == "bearer" && params["realm"] != "":
 			drain(resp.Body)
-			if err := u.fetchToken(ctx, params, scope); err != nil {
+			if err := u.fetchToken(ctx, ep, last, params, scope); err != nil {
 				return nil, err
 			}
-		case scheme == "basic" && u.creds.hasBasic():
+		case scheme == "basic" && last && u.creds.hasBasic():
 			drain(resp.Body)
 			u.mu.Lock()
-			u.tokens[scope] = bearer{} // basic from now on
+			u.tokens[ep.label+" "+scope] = bearer{} // basic from now on
 			u.mu.Unlock()
 		default:
 			return resp, nil
@@ -154,23 +257,56 @@ func (u *upstream) do(ctx context.Context, method, repo, path string, accept []s
 	}
 }
 
-func (u *upstream) authorize(req *http.Request, scope string) {
+// endpointBody counts the bytes an endpoint served and ends the request's
+// context when closed.
+type endpointBody struct {
+	io.ReadCloser
+	ep     *endpoint
+	cancel context.CancelFunc
+}
+
+func (b *endpointBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.ep.bytes.Add(int64(n))
+	return n, err
+}
+
+func (b *endpointBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
+}
+
+func (u *upstream) origin() *endpoint { return u.endpoints[len(u.endpoints)-1] }
+
+// isDown reports that every endpoint failed recently: tag revalidations then
+// serve the cached copy at once.
+func (u *upstream) isDown() bool {
+	for _, ep := range u.endpoints {
+		if !ep.isDown() {
+			return false
+		}
+	}
+	return true
+}
+
+func (u *upstream) authorize(req *http.Request, ep *endpoint, last bool, scope string) {
 	u.mu.Lock()
-	b, ok := u.tokens[scope]
+	b, ok := u.tokens[ep.label+" "+scope]
 	u.mu.Unlock()
 	switch {
 	case ok && b.token != "" && time.Now().Before(b.expires):
 		req.Header.Set("Authorization", "Bearer "+b.token)
-	case ok && b.token == "" && u.creds.hasBasic():
+	case ok && b.token == "" && last && u.creds.hasBasic():
 		req.SetBasicAuth(u.creds.user, u.creds.password)
-	case u.creds.registryToken != "":
+	case last && u.creds.registryToken != "":
 		req.Header.Set("Authorization", "Bearer "+u.creds.registryToken)
 	}
 }
 
 // fetchToken is the token dance of the distribution spec: GET the realm
 // with service and scope, with the credentials if there are any.
-func (u *upstream) fetchToken(ctx context.Context, params map[string]string, scope string) error {
+func (u *upstream) fetchToken(ctx context.Context, ep *endpoint, last bool, params map[string]string, scope string) error {
 	realm, err := url.Parse(params["realm"])
 	if err != nil || (realm.Scheme != "https" && realm.Scheme != "http") {
 		return &upstreamError{host: u.host, status: http.StatusBadGateway, code: "UNAVAILABLE",
@@ -186,12 +322,12 @@ func (u *upstream) fetchToken(ctx context.Context, params map[string]string, sco
 	if err != nil {
 		return err
 	}
-	if u.creds.hasBasic() {
+	if last && u.creds.hasBasic() {
 		req.SetBasicAuth(u.creds.user, u.creds.password)
 	}
 	resp, err := u.client.Do(req)
 	if err != nil {
-		return u.transportError(ctx, err)
+		return u.transportError(ctx, ep, err)
 	}
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	drain(resp.Body)
@@ -222,7 +358,7 @@ func (u *upstream) fetchToken(ctx context.Context, params map[string]string, sco
 	}
 	u.secrets.add(t)
 	u.mu.Lock()
-	u.tokens[scope] = bearer{token: t, expires: time.Now().Add(ttl - 10*time.Second)}
+	u.tokens[ep.label+" "+scope] = bearer{token: t, expires: time.Now().Add(ttl - 10*time.Second)}
 	u.mu.Unlock()
 	return nil
 }
@@ -277,13 +413,16 @@ type upstreamError struct {
 func (e *upstreamError) Error() string { return e.msg }
 func (e *upstreamError) Unwrap() error { return e.err }
 
-// transportError says what went wrong reaching the upstream, and marks it
-// down for a while.
-func (u *upstream) transportError(ctx context.Context, err error) error {
+// transportError says what went wrong reaching an endpoint (nil: the
+// origin), and marks it down for a while.
+func (u *upstream) transportError(ctx context.Context, ep *endpoint, err error) error {
 	if ctx.Err() != nil && context.Cause(ctx) == context.Canceled {
 		return err // the caller went away
 	}
-	u.markDown()
+	if ep == nil {
+		ep = u.origin()
+	}
+	ep.markDown()
 	e := &upstreamError{host: u.host, status: http.StatusBadGateway, code: "UNAVAILABLE", err: err}
 	var ne net.Error
 	switch {
@@ -329,13 +468,11 @@ func (u *upstream) statusError(resp *http.Response, what string) *upstreamError 
 				e.header[k] = v
 			}
 		}
-		u.markDown()
 	case s >= 500:
 		if s != http.StatusServiceUnavailable && s != http.StatusGatewayTimeout {
 			e.status = http.StatusBadGateway
 		}
 		e.msg = fmt.Sprintf("upstream %s failed: %s", u.host, reason)
-		u.markDown()
 	default:
 		e.status = http.StatusBadGateway
 		e.msg = fmt.Sprintf("upstream %s answered %s for %s: %s", u.host, resp.Status, what, reason)
@@ -385,22 +522,5 @@ const (
 	maxBackoff = 30 * time.Second
 )
 
-func (u *upstream) isDown() bool { return time.Now().UnixNano() < u.downUntil.Load() }
-
-func (u *upstream) markDown() {
-	b := time.Duration(u.backoff.Load())
-	if b < minBackoff {
-		b = minBackoff
-	} else if b *= 2; b > maxBackoff {
-		b = maxBackoff
-	}
-	u.backoff.Store(int64(b))
-	u.downUntil.Store(time.Now().Add(b).UnixNano())
-}
-
-func (u *upstream) markUp() {
-	if u.backoff.Load() != 0 {
-		u.backoff.Store(0)
-		u.downUntil.Store(0)
-	}
-}
+// markDown marks the origin down (a failure seen after do returned).
+func (u *upstream) markDown() { u.origin().markDown() }
