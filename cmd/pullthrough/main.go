@@ -113,7 +113,7 @@ cached: prefetch, verify and export a list of images; configs for other tools.`,
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newUp(), newDown(), newConfig(), newStatus(), newPrefetch(), newVerify(), newExport(), newGC(), newPurge())
+	root.AddCommand(newUp(), newDown(), newServe(), newConfig(), newStatus(), newPrefetch(), newVerify(), newExport(), newGC(), newPurge())
 	return root
 }
 

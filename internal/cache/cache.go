@@ -7,11 +7,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -69,9 +71,13 @@ type Config struct {
 	// TierTimeout bounds the wait for a tier's response headers; a tier that
 	// misses it is skipped for a back-off period.
 	TierTimeout time.Duration
-	Auth        authn.Authenticator // nil: anonymous
-	Access      *AccessPolicy       // nil: everyone
-	Logger      *slog.Logger        // nil: silent
+	// Fleet, when set, shares blobs with other instances: a blob missing
+	// here is read from the fleet's storage or from the instance already
+	// downloading it, and only one instance fetches it from upstream.
+	Fleet  Fleet
+	Auth   authn.Authenticator // nil: anonymous
+	Access *AccessPolicy       // nil: everyone
+	Logger *slog.Logger        // nil: silent
 }
 
 // Defaults for Config's durations.
@@ -245,6 +251,10 @@ func (c *Cache) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.writeMetrics(w)
 		return
 	}
+	if strings.HasPrefix(r.URL.Path, FillPath) {
+		c.servePeer(w, r)
+		return
+	}
 	if r.URL.Path == StatsPath {
 		h.Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(c.Stats())
@@ -284,6 +294,49 @@ func (c *Cache) notCached(w http.ResponseWriter, rt route) {
 	c.log.Warn("not cached (strict mode)", "ref", c.cfg.Host+"/"+rt.String())
 	writeRegistryError(w, http.StatusNotFound, code,
 		fmt.Sprintf("%s/%s is not cached and the cache is in strict mode", c.cfg.Host, rt.String()))
+}
+
+// Fleet is how instances of a cache tier share blobs: shared storage for
+// what is stored, and one claim per blob for who downloads it.
+type Fleet interface {
+	// Blob returns a reader of a blob from the fleet (ok true): its shared
+	// storage, or the fill of the instance that holds the blob's claim. With
+	// ok false, this instance now holds the claim and is to fetch the blob
+	// from upstream, then call Done. An error means the fleet cannot be
+	// asked: the instance then fetches on its own.
+	Blob(ctx context.Context, d digest.Digest) (body io.ReadCloser, size int64, ok bool, err error)
+	// Done ends this instance's claim on a blob: path is the verified blob
+	// to share, or "" when the download failed.
+	Done(ctx context.Context, d digest.Digest, path string)
+}
+
+// FillPath serves a blob being downloaded by this instance to a peer of the
+// fleet: GET FillPath + digest streams the fill as it grows (or the stored
+// blob); anything else is 404.
+const FillPath = "/_pullthrough/fill/"
+
+func (c *Cache) servePeer(w http.ResponseWriter, r *http.Request) {
+	d, err := digest.Parse(r.URL.Path[len(FillPath):])
+	if err != nil || d.Algorithm() != digest.SHA256 {
+		writeRegistryError(w, http.StatusBadRequest, "DIGEST_INVALID", "want "+FillPath+"sha256:<hex>")
+		return
+	}
+	if c.store.statBlob(d) >= 0 {
+		c.serveStored(w, r, d, nil)
+		return
+	}
+	c.mu.Lock()
+	f, ok := c.fills[d]
+	if ok {
+		f.readers++
+	}
+	c.mu.Unlock()
+	if !ok {
+		writeRegistryError(w, http.StatusNotFound, "BLOB_UNKNOWN", "no download of "+d.String()+" here")
+		return
+	}
+	defer f.release()
+	f.serve(r.Context(), w, r)
 }
 
 // Stats returns the counters since start.

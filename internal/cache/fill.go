@@ -38,6 +38,7 @@ type fill struct {
 	done    bool
 	err     error
 	readers int
+	claimed bool // the fleet gave this instance the download: Fleet.Done follows
 }
 
 var errStalled = errors.New("stalled")
@@ -185,15 +186,21 @@ func (f *fill) download(lock *fileLock) (err error) {
 	defer cancel(nil)
 	stall := time.AfterFunc(c.cfg.StallTimeout, func() { cancel(errStalled) })
 	defer stall.Stop()
-	resp, err := c.up.do(ctx, http.MethodGet, f.repo, "blobs/"+f.dgst.String(), nil)
+	body, size, fromFleet, err := f.open(ctx)
 	if err != nil {
-		return f.fetchError(ctx, err, 0)
+		return err
 	}
-	if resp.StatusCode != http.StatusOK {
-		return c.up.statusError(resp, "blob "+f.repo+"@"+f.dgst.String())
+	defer func() { drain(body) }()
+	claimedDone := f.claimed
+	if f.claimed {
+		defer func() {
+			path := ""
+			if err == nil {
+				path = s.blobPath(f.dgst)
+			}
+			c.cfg.Fleet.Done(context.WithoutCancel(c.ctx), f.dgst, path)
+		}()
 	}
-	defer drain(resp.Body)
-	size := resp.ContentLength
 	if free, ok := freeBytes(s.root); ok && size > free {
 		return fmt.Errorf("%w: blob %s needs %d bytes, %d are free in %s", ErrDiskFull, f.dgst, size, free, s.root)
 	}
@@ -206,9 +213,10 @@ func (f *fill) download(lock *fileLock) (err error) {
 	buf := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(buf)
 	var n int64
+	resumes := 0
 	for {
 		stall.Reset(c.cfg.StallTimeout)
-		m, rerr := resp.Body.Read(*buf)
+		m, rerr := body.Read(*buf)
 		if m > 0 {
 			h.Write((*buf)[:m])
 			if _, werr := w.Write((*buf)[:m]); werr != nil {
@@ -219,6 +227,32 @@ func (f *fill) download(lock *fileLock) (err error) {
 		}
 		if rerr == io.EOF {
 			break
+		}
+		if rerr != nil && fromFleet && resumes < 3 && ctx.Err() == nil {
+			// The peer whose download this was went away: resume from
+			// the next source, once it proves to start with what is here.
+			resumes++
+			c.log.Warn("a fleet source broke off; resuming from the next", "digest", f.dgst, "bytes", n, "error", rerr)
+			drain(body)
+			nb, nsize, nf, oerr := f.open(ctx)
+			if oerr != nil {
+				return oerr
+			}
+			body, fromFleet = nb, nf
+			if f.claimed && !claimedDone {
+				claimedDone = true
+				defer func() {
+					path := ""
+					if err == nil {
+						path = s.blobPath(f.dgst)
+					}
+					c.cfg.Fleet.Done(context.WithoutCancel(c.ctx), f.dgst, path)
+				}()
+			}
+			if (size >= 0 && nsize >= 0 && nsize != size) || !samePrefixFrom(body, r, n) {
+				return fmt.Errorf("blob %s: the next source does not match what was already received: not stored", f.dgst)
+			}
+			continue
 		}
 		if rerr != nil {
 			return f.fetchError(ctx, rerr, n)
@@ -241,6 +275,54 @@ func (f *fill) download(lock *fileLock) (err error) {
 		c.log.Warn("linking a stored blob", "repo", f.repo, "digest", f.dgst, "error", err)
 	}
 	return nil
+}
+
+// open returns where to read the blob from: the fleet (a peer's download or
+// the shared storage) when the cache is part of one and the fleet has it,
+// else the upstream. When the fleet says this instance is to fetch it,
+// f.claimed is set and Fleet.Done must follow.
+func (f *fill) open(ctx context.Context) (body io.ReadCloser, size int64, fromFleet bool, err error) {
+	c := f.c
+	if fl := c.cfg.Fleet; fl != nil && !f.claimed {
+		b, sz, ok, ferr := fl.Blob(ctx, f.dgst)
+		switch {
+		case ferr != nil:
+			// Per-instance behaviour: the pull goes on without the fleet.
+			c.log.Warn("fleet coordination unavailable; fetching from upstream alone", "digest", f.dgst, "error", ferr)
+		case ok:
+			return b, sz, true, nil
+		default:
+			f.claimed = true
+		}
+	}
+	resp, err := c.up.do(ctx, http.MethodGet, f.repo, "blobs/"+f.dgst.String(), nil)
+	if err != nil {
+		return nil, 0, false, f.fetchError(ctx, err, 0)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, 0, false, c.up.statusError(resp, "blob "+f.repo+"@"+f.dgst.String())
+	}
+	return resp.Body, resp.ContentLength, false, nil
+}
+
+// samePrefixFrom reads n bytes from body and compares them with the first
+// n bytes of the part file.
+func samePrefixFrom(body io.Reader, part *os.File, n int64) bool {
+	a, b := make([]byte, 64<<10), make([]byte, 64<<10)
+	for off := int64(0); off < n; {
+		k := int(min(int64(len(a)), n-off))
+		if _, err := io.ReadFull(body, a[:k]); err != nil {
+			return false
+		}
+		if _, err := part.ReadAt(b[:k], off); err != nil && err != io.EOF {
+			return false
+		}
+		if !bytes.Equal(a[:k], b[:k]) {
+			return false
+		}
+		off += int64(k)
+	}
+	return true
 }
 
 // fetchError says why a download stopped, and logs the ones a user needs

@@ -1,0 +1,244 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log"
+	"math/rand"
+	"net/http"
+	"net/http/httptest"
+	"os/exec"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/pullthrough/pullthrough/internal/fleettest"
+)
+
+// origin is a registry whose blob GETs are counted and can be held after a
+// number of bytes, for the first GET only.
+type origin struct {
+	*httptest.Server
+	blobGETs atomic.Int64
+	mu       sync.Mutex
+	holdAt   int64
+	hold     chan struct{}
+}
+
+func newOrigin(t *testing.T) *origin {
+	o := &origin{}
+	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	o.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "/blobs/sha256:") && r.Method == http.MethodGet {
+			o.blobGETs.Add(1)
+			o.mu.Lock()
+			at, hold := o.holdAt, o.hold
+			o.holdAt = 0
+			o.mu.Unlock()
+			if at > 0 {
+				w = &holdWriter{ResponseWriter: w, left: at, hold: hold, done: r.Context().Done()}
+			}
+		}
+		reg.ServeHTTP(w, r)
+	}))
+	t.Cleanup(o.Close)
+	return o
+}
+
+type holdWriter struct {
+	http.ResponseWriter
+	left       int64
+	hold, done <-chan struct{}
+	held       bool
+}
+
+func (h *holdWriter) Write(p []byte) (int, error) {
+	if h.held || int64(len(p)) <= h.left {
+		h.left -= int64(len(p))
+		return h.ResponseWriter.Write(p)
+	}
+	n, err := h.ResponseWriter.Write(p[:h.left])
+	if err != nil {
+		return n, err
+	}
+	h.ResponseWriter.(http.Flusher).Flush()
+	h.held = true
+	select {
+	case <-h.hold:
+	case <-h.done:
+		return n, io.ErrClosedPipe
+	}
+	m, err := h.ResponseWriter.Write(p[h.left:])
+	return n + m, err
+}
+
+func (o *origin) push(t *testing.T, repoTag string, size int64, seed int64) v1.Layer {
+	l, err := random.Layer(size, "application/vnd.oci.image.layer.v1.tar", random.WithSource(rand.New(rand.NewSource(seed))))
+	require.NoError(t, err)
+	img, err := mutate.AppendLayers(empty.Image, l)
+	require.NoError(t, err)
+	ref, err := name.ParseReference(strings.TrimPrefix(o.URL, "http://")+"/"+repoTag, name.Insecure)
+	require.NoError(t, err)
+	require.NoError(t, remote.Write(ref, img))
+	o.blobGETs.Store(0)
+	return l
+}
+
+type instance struct {
+	cmd  *exec.Cmd
+	addr string
+}
+
+// startServe starts one `pullthrough serve` process of the fleet.
+func startServe(t *testing.T, o *origin, redisAddr, s3Addr string, claimTTL string) *instance {
+	t.Helper()
+	port := freeBase(t, 1)
+	cmd := exec.Command(binary, "serve", "--upstream", "registry.test="+o.URL, "--ports-from", fmt.Sprint(port),
+		"--storage", t.TempDir(), "--s3-endpoint", "http://"+s3Addr, "--s3-bucket", fleettest.Bucket,
+		"--redis", "redis://"+redisAddr, "--advertise", "127.0.0.1", "--listen", "127.0.0.1", "--claim-ttl", claimTTL)
+	cmd.Env = append(cmd.Environ(), "AWS_ACCESS_KEY_ID="+fleettest.AccessKey, "AWS_SECRET_ACCESS_KEY="+fleettest.SecretKey)
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		if sc.Text() == "# ready" {
+			go func() { _, _ = io.Copy(io.Discard, stdout) }()
+			return &instance{cmd: cmd, addr: fmt.Sprintf("127.0.0.1:%d", port)}
+		}
+	}
+	t.Fatalf("serve did not start: %s", stderr.String())
+	return nil
+}
+
+func getDigest(ctx context.Context, addr, repo string, d v1.Hash) (string, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v2/"+repo+"/blobs/"+d.String(), nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("%s", resp.Status)
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, resp.Body); err != nil {
+		return "", err
+	}
+	return "sha256:" + hex.EncodeToString(h.Sum(nil)), nil
+}
+
+func TestServeFleetFetchesEachBlobOnce(t *testing.T) {
+	redis, s3srv := fleettest.Redis(t), fleettest.S3(t)
+	o := newOrigin(t)
+	l := o.push(t, "app:v1", 4<<20, 81)
+	d, _ := l.Digest()
+	hold := make(chan struct{})
+	o.mu.Lock()
+	o.holdAt, o.hold = 1<<20, hold
+	o.mu.Unlock()
+	var fleet []*instance
+	for range 3 {
+		fleet = append(fleet, startServe(t, o, redis.Addr, s3srv.Addr, "10s"))
+	}
+	ctx := t.Context()
+	var g errgroup.Group
+	for i, in := range fleet {
+		g.Go(func() error {
+			got, err := getDigest(ctx, in.addr, "app", d)
+			if err == nil && got != d.String() {
+				err = fmt.Errorf("instance %d served %s", i, got)
+			}
+			return err
+		})
+	}
+	time.Sleep(300 * time.Millisecond) // let every instance join before the origin goes on
+	close(hold)
+	require.NoError(t, g.Wait())
+	assert.EqualValues(t, 1, o.blobGETs.Load(), "blob GETs at the origin for three instances")
+	// The blob is in the bucket for the next instance.
+	require.Eventually(t, func() bool {
+		_, err := fleettest.Client("http://"+s3srv.Addr).HeadObject(ctx, &s3.HeadObjectInput{
+			Bucket: aws.String(fleettest.Bucket), Key: aws.String("registry.test/blobs/sha256/" + d.Hex)})
+		return err == nil
+	}, 10*time.Second, 50*time.Millisecond)
+	late := startServe(t, o, redis.Addr, s3srv.Addr, "10s")
+	got, err := getDigest(ctx, late.addr, "app", d)
+	require.NoError(t, err)
+	assert.Equal(t, d.String(), got)
+	assert.EqualValues(t, 1, o.blobGETs.Load(), "a new instance reads the bucket, not the origin")
+}
+
+func TestServeInstanceKilledMidFetchIsReplaced(t *testing.T) {
+	redis, s3srv := fleettest.Redis(t), fleettest.S3(t)
+	o := newOrigin(t)
+	l := o.push(t, "app:v1", 2<<20, 82)
+	d, _ := l.Digest()
+	hold := make(chan struct{})
+	t.Cleanup(func() { close(hold) })
+	o.mu.Lock()
+	o.holdAt, o.hold = 512<<10, hold
+	o.mu.Unlock()
+	a := startServe(t, o, redis.Addr, s3srv.Addr, "1s")
+	b := startServe(t, o, redis.Addr, s3srv.Addr, "1s")
+	ctx := t.Context()
+	// A downloads (held by the origin after 512 KiB); a client on B streams
+	// A's download.
+	ra, err := http.Get("http://" + a.addr + "/v2/app/blobs/" + d.String())
+	require.NoError(t, err)
+	defer ra.Body.Close()
+	_, err = io.ReadFull(ra.Body, make([]byte, 1024))
+	require.NoError(t, err)
+	type res struct {
+		got string
+		err error
+	}
+	done := make(chan res, 1)
+	go func() { got, err := getDigest(ctx, b.addr, "app", d); done <- res{got, err} }()
+	time.Sleep(500 * time.Millisecond)
+	require.NoError(t, a.cmd.Process.Kill()) // SIGKILL mid-download
+	r := <-done
+	require.NoError(t, r.err, "the client on the surviving instance gets the blob")
+	assert.Equal(t, d.String(), r.got)
+	assert.EqualValues(t, 2, o.blobGETs.Load(), "the killed download and the one that replaced it")
+}
+
+func TestServeKeepsServingWithRedisDown(t *testing.T) {
+	redis, s3srv := fleettest.Redis(t), fleettest.S3(t)
+	o := newOrigin(t)
+	l1 := o.push(t, "one:v1", 256<<10, 83)
+	l2 := o.push(t, "two:v1", 256<<10, 84)
+	a := startServe(t, o, redis.Addr, s3srv.Addr, "2s")
+	ctx := t.Context()
+	d1, _ := l1.Digest()
+	got, err := getDigest(ctx, a.addr, "one", d1)
+	require.NoError(t, err)
+	assert.Equal(t, d1.String(), got)
+	redis.Stop()
+	d2, _ := l2.Digest()
+	got, err = getDigest(ctx, a.addr, "two", d2)
+	require.NoError(t, err, "a pull with Redis down")
+	assert.Equal(t, d2.String(), got)
+}

@@ -1,0 +1,272 @@
+// Package fleet lets several pullthrough instances serve as one cache tier
+// for a CI fleet: blobs live in S3-compatible object storage, and a claim
+// per blob in Redis says which instance downloads it from the origin while
+// the others stream that instance's download. It implements cache.Fleet.
+//
+// Storage and coordination are existing distributed engines; nothing here
+// stores data of its own. When Redis cannot be reached, Blob returns an
+// error and each instance fetches on its own (per-instance behaviour, pulls
+// still succeed); when the claim's holder dies, its claim expires within
+// ClaimTTL and a waiting instance takes the download over.
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/opencontainers/go-digest"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/pullthrough/pullthrough/internal/cache"
+)
+
+// Config is one upstream's share of the fleet.
+type Config struct {
+	S3Endpoint string // e.g. http://127.0.0.1:7070
+	Bucket     string
+	Region     string // default us-east-1
+	AccessKey  string
+	SecretKey  string
+	// Prefix keeps upstreams apart in one bucket, e.g. "registry.k8s.io/".
+	Prefix string
+	// Redis is a redis:// URL.
+	Redis string
+	// Advertise is where the other instances reach this instance's cache
+	// for this upstream, e.g. http://10.0.0.5:5001.
+	Advertise string
+	// ClaimTTL is how long a claim outlives its holder (default 10s).
+	ClaimTTL time.Duration
+	Logger   *slog.Logger
+}
+
+// Fleet is one instance's view of the tier for one upstream.
+type Fleet struct {
+	cfg  Config
+	s3   *s3.Client
+	rdb  *redis.Client
+	http *http.Client
+	log  *slog.Logger
+
+	mu     sync.Mutex
+	renew  map[digest.Digest]context.CancelFunc
+	closed bool
+	wg     sync.WaitGroup
+}
+
+var _ cache.Fleet = (*Fleet)(nil)
+
+// New connects to the bucket (which must exist) and to Redis. Redis being
+// down is not an error: the instance then works on its own until it is back.
+func New(ctx context.Context, cfg Config) (*Fleet, error) {
+	if cfg.Region == "" {
+		cfg.Region = "us-east-1"
+	}
+	if cfg.ClaimTTL == 0 {
+		cfg.ClaimTTL = 10 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.S3Endpoint == "" || cfg.Bucket == "" {
+		return nil, errors.New("fleet: an S3 endpoint and bucket are required")
+	}
+	if cfg.Advertise == "" {
+		return nil, errors.New("fleet: the address peers reach this instance at (advertise) is required")
+	}
+	opt, err := redis.ParseURL(cfg.Redis)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: redis URL %q: want redis://host:port[/db]: %v", cfg.Redis, err)
+	}
+	opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = time.Second, time.Second, time.Second
+	opt.MaxRetries = 0
+	f := &Fleet{
+		cfg: cfg,
+		s3: s3.New(s3.Options{
+			BaseEndpoint:               aws.String(cfg.S3Endpoint),
+			Region:                     cfg.Region,
+			UsePathStyle:               true,
+			Credentials:                credentials.NewStaticCredentialsProvider(cfg.AccessKey, cfg.SecretKey, ""),
+			RequestChecksumCalculation: aws.RequestChecksumCalculationWhenRequired,
+			ResponseChecksumValidation: aws.ResponseChecksumValidationWhenRequired,
+		}),
+		rdb:   redis.NewClient(opt),
+		http:  &http.Client{Transport: &http.Transport{ResponseHeaderTimeout: 10 * time.Second}},
+		log:   cfg.Logger,
+		renew: map[digest.Digest]context.CancelFunc{},
+	}
+	if _, err := f.s3.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: aws.String(cfg.Bucket)}); err != nil {
+		f.rdb.Close()
+		return nil, fmt.Errorf("fleet: bucket %q at %s: %w", cfg.Bucket, cfg.S3Endpoint, err)
+	}
+	if err := f.rdb.Ping(ctx).Err(); err != nil {
+		f.log.Warn("fleet: redis does not answer; each instance fetches on its own until it does", "redis", opt.Addr, "error", err)
+	}
+	return f, nil
+}
+
+func (f *Fleet) key(d digest.Digest) string {
+	return f.cfg.Prefix + "blobs/" + string(d.Algorithm()) + "/" + d.Encoded()
+}
+
+func (f *Fleet) claimKey(d digest.Digest) string {
+	return "pullthrough:claim:" + f.cfg.Prefix + d.String()
+}
+
+// Blob implements cache.Fleet.
+func (f *Fleet) Blob(ctx context.Context, d digest.Digest) (io.ReadCloser, int64, bool, error) {
+	deadline := time.Now().Add(2*f.cfg.ClaimTTL + 5*time.Second)
+	for {
+		if body, size, ok := f.stored(ctx, d); ok {
+			return body, size, true, nil
+		}
+		won, err := f.rdb.SetNX(ctx, f.claimKey(d), f.cfg.Advertise, f.cfg.ClaimTTL).Result()
+		if err != nil {
+			return nil, 0, false, fmt.Errorf("claiming %s in redis: %w", d, err)
+		}
+		if won {
+			f.keepClaim(d)
+			return nil, 0, false, nil
+		}
+		owner, err := f.rdb.Get(ctx, f.claimKey(d)).Result()
+		if errors.Is(err, redis.Nil) {
+			continue // released meanwhile
+		}
+		if err != nil {
+			return nil, 0, false, fmt.Errorf("reading the claim on %s: %w", d, err)
+		}
+		if owner != f.cfg.Advertise {
+			if body, size, ok := f.fromPeer(ctx, owner, d); ok {
+				return body, size, true, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return nil, 0, false, fmt.Errorf("the claim on %s is held by %s, which serves no download of it", d, owner)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, 0, false, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (f *Fleet) stored(ctx context.Context, d digest.Digest) (io.ReadCloser, int64, bool) {
+	out, err := f.s3.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(f.cfg.Bucket), Key: aws.String(f.key(d))})
+	if err != nil {
+		var nk *s3types.NoSuchKey
+		if !errors.As(err, &nk) && !strings.Contains(err.Error(), "NotFound") {
+			f.log.Warn("fleet: reading shared storage", "digest", d, "error", err)
+		}
+		return nil, 0, false
+	}
+	return out.Body, aws.ToInt64(out.ContentLength), true
+}
+
+func (f *Fleet) fromPeer(ctx context.Context, owner string, d digest.Digest) (io.ReadCloser, int64, bool) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(owner, "/")+cache.FillPath+d.String(), nil)
+	if err != nil {
+		return nil, 0, false
+	}
+	resp, err := f.http.Do(req)
+	if err != nil {
+		return nil, 0, false
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		return nil, 0, false
+	}
+	return resp.Body, resp.ContentLength, true
+}
+
+var (
+	renewScript   = redis.NewScript(`if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("pexpire", KEYS[1], ARGV[2]) else return 0 end`)
+	releaseScript = redis.NewScript(`if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) else return 0 end`)
+)
+
+// keepClaim renews this instance's claim until Done.
+func (f *Fleet) keepClaim(d digest.Digest) {
+	ctx, cancel := context.WithCancel(context.Background())
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		cancel()
+		return
+	}
+	f.renew[d] = cancel
+	f.wg.Add(1)
+	f.mu.Unlock()
+	go func() {
+		defer f.wg.Done()
+		t := time.NewTicker(f.cfg.ClaimTTL / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				_ = renewScript.Run(ctx, f.rdb, []string{f.claimKey(d)}, f.cfg.Advertise, f.cfg.ClaimTTL.Milliseconds()).Err()
+			}
+		}
+	}()
+}
+
+// Done implements cache.Fleet: a verified blob is put in shared storage
+// before the claim goes, so an instance that finds no claim finds the blob.
+func (f *Fleet) Done(ctx context.Context, d digest.Digest, path string) {
+	f.mu.Lock()
+	if cancel, ok := f.renew[d]; ok {
+		cancel()
+		delete(f.renew, d)
+	}
+	f.mu.Unlock()
+	if path != "" {
+		if err := f.put(ctx, d, path); err != nil {
+			f.log.Warn("fleet: sharing a blob", "digest", d, "error", err)
+		}
+	}
+	if err := releaseScript.Run(ctx, f.rdb, []string{f.claimKey(d)}, f.cfg.Advertise).Err(); err != nil && !errors.Is(err, redis.Nil) {
+		f.log.Warn("fleet: releasing a claim", "digest", d, "error", err)
+	}
+}
+
+func (f *Fleet) put(ctx context.Context, d digest.Digest, path string) error {
+	file, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer file.Close()
+	st, err := file.Stat()
+	if err != nil {
+		return err
+	}
+	_, err = f.s3.PutObject(ctx, &s3.PutObjectInput{
+		Bucket: aws.String(f.cfg.Bucket), Key: aws.String(f.key(d)), Body: file, ContentLength: aws.Int64(st.Size()),
+	})
+	return err
+}
+
+// Close stops claim renewals (claims then expire) and closes the clients.
+func (f *Fleet) Close() error {
+	f.mu.Lock()
+	f.closed = true
+	for d, cancel := range f.renew {
+		cancel()
+		delete(f.renew, d)
+	}
+	f.mu.Unlock()
+	f.wg.Wait()
+	f.http.CloseIdleConnections()
+	return f.rdb.Close()
+}
