@@ -16,11 +16,14 @@
 //   - Nothing is stored: bodies are hashed and discarded, so the node works
 //     on a read-only root file system and a second boot pulls everything
 //     again, as a node with an empty disk would.
-//   - When every mirror endpoint of a registry fails, the pull fails; it does
-//     not fall back to the registry itself. A fallback would hide a broken
-//     cache behind a slow success, which is the one thing the tests built on
-//     this must see. A registry with no mirror at all is tried directly, with
-//     a short bounded timeout, and reported as a failure when that fails.
+//   - Hosts are tried as containerd tries them, step by step (resolve,
+//     manifest, each blob): the mirror endpoints in order, then the registry
+//     itself unless the mirror says skipFallback; any error moves on, 429 is
+//     retried five times on a host, 500/503/504 once on the last host. Each
+//     step the registry itself served is reported as a Fallback. "The
+//     registry itself" is https://<registry> unless Options.Fallback (or
+//     EnvFallback) maps it to a stand-in; a registry with no mirror at all
+//     is bounded by DirectTimeout, since offline it can only fail.
 //   - Layers of one image are fetched one after the other; a few images are
 //     pulled at a time (Options.Parallel).
 //

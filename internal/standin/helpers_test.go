@@ -47,6 +47,13 @@ func genConfig(tb testing.TB, mirrors map[string][]string) []byte {
 	return []byte(s)
 }
 
+// withSkipFallback sets skipFallback: true on every RegistryMirrorConfig
+// document of a generated config, as a strict cache's mirror config does:
+// no fallback to the registry itself, which tests must never reach.
+func withSkipFallback(cfg []byte) []byte {
+	return bytes.ReplaceAll(cfg, []byte("kind: RegistryMirrorConfig\n"), []byte("kind: RegistryMirrorConfig\nskipFallback: true\n"))
+}
+
 // userdata encodes a config as Talos's docker provisioner does.
 func userdata(cfg []byte) string { return base64.StdEncoding.EncodeToString(cfg) }
 

@@ -57,8 +57,8 @@ func (t *tally) add(requests, bytes int64) {
 type fetcher struct {
 	client *http.Client
 	idle   time.Duration // a body that sends nothing this long is abandoned
-	arch   string        // the platform picked from an index, linux/<arch>
 	base   *url.URL      // ".../v2"
+	token  string        // bearer token from the registry's token dance, once done
 	ns     string        // ?ns= value; empty when talking to the registry itself
 	t      *tally
 }
@@ -82,46 +82,61 @@ type manifest struct {
 }
 
 // pull fetches img's manifest (through an index when the tag names one),
-// config and layers, and returns the digest the tag resolved to.
-func (f *fetcher) pull(ctx context.Context, img Image) (string, error) {
-	tagDigest, body, err := f.resolve(ctx, img)
+// config and layers from hosts, each step from the first host that
+// serves it, as containerd does, and returns the digest the tag resolved
+// to and the host that resolved it.
+func (h *hosts) pull(ctx context.Context, img Image) (string, string, error) {
+	var tagDigest string
+	var body []byte
+	served, err := h.each(ctx, "resolve "+img.Tag, func(f *fetcher) (err error) {
+		tagDigest, body, err = f.resolve(ctx, img)
+		return err
+	})
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	if body == nil {
-		if body, err = f.manifest(ctx, img, tagDigest); err != nil {
-			return "", err
+		if body, err = h.manifest(ctx, img, tagDigest); err != nil {
+			return "", "", err
 		}
 	}
 	var m manifest
 	if err := json.Unmarshal(body, &m); err != nil {
-		return "", fmt.Errorf("parsing manifest %s: %w", tagDigest, err)
+		return "", "", fmt.Errorf("parsing manifest %s: %w", tagDigest, err)
 	}
 	if m.MediaType == mtOCIIndex || m.MediaType == mtDockerList || (m.Config == nil && len(m.Manifests) > 0) {
-		d, err := f.pickPlatform(m)
+		d, err := pickPlatform(m, h.arch)
 		if err != nil {
-			return "", fmt.Errorf("reading index %s: %w", tagDigest, err)
+			return "", "", fmt.Errorf("reading index %s: %w", tagDigest, err)
 		}
-		if body, err = f.manifest(ctx, img, d); err != nil {
-			return "", err
+		if body, err = h.manifest(ctx, img, d); err != nil {
+			return "", "", err
 		}
 		m = manifest{}
 		if err := json.Unmarshal(body, &m); err != nil {
-			return "", fmt.Errorf("parsing manifest %s: %w", d, err)
+			return "", "", fmt.Errorf("parsing manifest %s: %w", d, err)
 		}
 	}
 	if m.Config == nil {
-		return "", fmt.Errorf("reading manifest of %s: it has no config descriptor", img.Ref)
+		return "", "", fmt.Errorf("reading manifest of %s: it has no config descriptor", img.Ref)
 	}
 	for _, d := range append([]descriptor{*m.Config}, m.Layers...) {
-		if err := f.blob(ctx, img, d); err != nil {
-			return "", err
+		if _, err := h.each(ctx, "blob "+d.Digest, func(f *fetcher) error { return f.blob(ctx, img, d) }); err != nil {
+			return "", "", err
 		}
-		f.t.mu.Lock()
-		f.t.blobs++
-		f.t.mu.Unlock()
+		h.t.mu.Lock()
+		h.t.blobs++
+		h.t.mu.Unlock()
 	}
-	return tagDigest, nil
+	return tagDigest, served, nil
+}
+
+func (h *hosts) manifest(ctx context.Context, img Image, digest string) (body []byte, err error) {
+	_, err = h.each(ctx, "manifest "+digest, func(f *fetcher) (err error) {
+		body, err = f.manifest(ctx, img, digest)
+		return err
+	})
+	return body, err
 }
 
 // resolve asks for the tag's digest with HEAD, as containerd does. A
@@ -203,18 +218,18 @@ func (f *fetcher) blob(ctx context.Context, img Image, d descriptor) error {
 	return nil
 }
 
-func (f *fetcher) pickPlatform(m manifest) (string, error) {
+func pickPlatform(m manifest, arch string) (string, error) {
 	var seen []string
 	for _, d := range m.Manifests {
 		if d.Platform == nil {
 			continue
 		}
-		if d.Platform.OS == "linux" && d.Platform.Architecture == f.arch {
+		if d.Platform.OS == "linux" && d.Platform.Architecture == arch {
 			return d.Digest, nil
 		}
 		seen = append(seen, d.Platform.OS+"/"+d.Platform.Architecture)
 	}
-	return "", fmt.Errorf("no manifest for linux/%s among %v", f.arch, seen)
+	return "", fmt.Errorf("no manifest for linux/%s among %v", arch, seen)
 }
 
 func (f *fetcher) url(repo, kind, ref string) string {
@@ -230,19 +245,33 @@ func (f *fetcher) url(repo, kind, ref string) string {
 // into the tally and gives up when it stalls longer than f.idle. Any other
 // status is an error carrying the start of the registry's error body.
 func (f *fetcher) do(ctx context.Context, method, u, accept string) (*http.Response, error) {
-	ctx, cancel := context.WithCancelCause(ctx)
-	req, err := http.NewRequestWithContext(ctx, method, u, nil)
+	rctx, cancel := context.WithCancelCause(ctx)
+	req, err := http.NewRequestWithContext(rctx, method, u, nil)
 	if err != nil {
 		cancel(nil)
 		return nil, fmt.Errorf("%s %s: %w", method, u, err)
 	}
 	req.Header.Set("Accept", accept)
 	req.Header.Set("User-Agent", userAgentName)
+	if f.token != "" {
+		req.Header.Set("Authorization", "Bearer "+f.token)
+	}
 	f.t.add(1, 0)
 	resp, err := f.client.Do(req)
 	if err != nil {
 		cancel(nil)
 		return nil, fmt.Errorf("%s %s: %w", method, u, err)
+	}
+	if resp.StatusCode == http.StatusUnauthorized && f.token == "" {
+		// The anonymous token dance of a registry's own API (a mirror
+		// needs none), then the request once more.
+		challenge := resp.Header.Get("Www-Authenticate")
+		f.t.add(0, drainCount(resp.Body))
+		cancel(nil)
+		if err := f.fetchToken(ctx, challenge); err != nil {
+			return nil, fmt.Errorf("%s %s: 401 Unauthorized: %w", method, u, err)
+		}
+		return f.do(ctx, method, u, accept)
 	}
 	body := &watchedBody{rc: resp.Body, t: f.t, cancel: cancel, idle: f.idle}
 	body.timer = time.AfterFunc(f.idle, func() {
@@ -253,10 +282,20 @@ func (f *fetcher) do(ctx context.Context, method, u, accept string) (*http.Respo
 	if resp.StatusCode/100 != 2 {
 		msg, _ := readLimited(resp.Body, 512)
 		resp.Body.Close()
-		return nil, fmt.Errorf("%s %s: %s: %s", method, u, resp.Status, strings.TrimSpace(string(msg)))
+		return nil, &statusError{code: resp.StatusCode,
+			msg: fmt.Sprintf("%s %s: %s: %s", method, u, resp.Status, strings.TrimSpace(string(msg)))}
 	}
 	return resp, nil
 }
+
+// statusError is an answer that was not a success; its status decides
+// whether the same host is tried again.
+type statusError struct {
+	code int
+	msg  string
+}
+
+func (e *statusError) Error() string { return e.msg }
 
 // watchedBody counts what it reads and re-arms the stall timer on each read.
 // When the timer fires it cancels the request, which ends a Read blocked on

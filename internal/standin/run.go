@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"runtime"
 	"strings"
 	"sync"
@@ -19,6 +18,31 @@ import (
 // EnvTalosVersion names the variable the stand-in image sets to the Talos
 // version of its tag, which the summary reports.
 const EnvTalosVersion = "PULLTHROUGH_STANDIN_TALOS_VERSION"
+
+// EnvFallback names the variable that maps registry hosts to the URL a
+// node reaches "the registry itself" at: "ghcr.io=http://172.17.0.1:40123,…".
+// Tests set it to the fixtures upstreams; a real node reaches the real
+// registry, which is what an unset variable means.
+const EnvFallback = "PULLTHROUGH_STANDIN_FALLBACK"
+
+// ParseFallback reads EnvFallback's value.
+func ParseFallback(v string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, kv := range strings.Split(v, ",") {
+		if strings.TrimSpace(kv) == "" {
+			continue
+		}
+		host, u, ok := strings.Cut(strings.TrimSpace(kv), "=")
+		if !ok || host == "" {
+			return nil, fmt.Errorf("reading %s entry %q: want <registry host>=<url>", EnvFallback, kv)
+		}
+		if _, err := endpointBase(u, false); err != nil {
+			return nil, fmt.Errorf("reading %s entry %q: %w", EnvFallback, kv, err)
+		}
+		out[host] = u
+	}
+	return out, nil
+}
 
 // CheckVersion accepts a Talos version the node's machinery speaks for: one
 // of the same minor release as the Talos machinery it is built with, whose
@@ -44,6 +68,7 @@ const (
 	DefaultDirectTimeout = 10 * time.Second
 	DefaultHeaderTimeout = 2 * time.Minute
 	DefaultIdleTimeout   = 2 * time.Minute
+	DefaultRetryDelay    = 500 * time.Millisecond
 )
 
 // Options tune Run. The zero value is what the talos-standin binary uses.
@@ -68,6 +93,12 @@ type Options struct {
 	// without one. nil means a transport of Run's own, which ignores proxy
 	// variables: a node talks to its mirror directly.
 	Transport, DirectTransport http.RoundTripper
+	// Fallback maps registry hosts to where the registry itself is
+	// reached (see EnvFallback); a host not in it is https://<host>.
+	Fallback map[string]string
+	// RetryDelay is the wait before retrying a host that answered 429 (or
+	// a last host's 5xx), growing with each attempt (DefaultRetryDelay).
+	RetryDelay time.Duration
 	// Log receives one progress line per image; nil discards them.
 	Log io.Writer
 	// TalosVersion and Hostname go into the summary; Hostname is used when
@@ -87,6 +118,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.IdleTimeout <= 0 {
 		o.IdleTimeout = DefaultIdleTimeout
+	}
+	if o.RetryDelay <= 0 {
+		o.RetryDelay = DefaultRetryDelay
 	}
 	if o.Arch == "" {
 		o.Arch = runtime.GOARCH
@@ -113,6 +147,12 @@ func Main(ctx context.Context, getenv func(string) string, stdout, stderr io.Wri
 	if err != nil {
 		fmt.Fprintf(stderr, "%s%v\n", ErrorPrefix, err)
 		return 2
+	}
+	if v := getenv(EnvFallback); v != "" && opts.Fallback == nil {
+		if opts.Fallback, err = ParseFallback(v); err != nil {
+			fmt.Fprintf(stderr, "%s%v\n", ErrorPrefix, err)
+			return 2
+		}
 	}
 	if opts.Log == nil {
 		opts.Log = stdout
@@ -141,7 +181,9 @@ func Run(ctx context.Context, n *Node, opts Options) Summary {
 		defer t.CloseIdleConnections()
 		directRT = t
 	}
-	r := &runner{o: o, node: n, mirror: &http.Client{Transport: mirrorRT}, direct: &http.Client{Transport: directRT}}
+	r := &runner{o: o, node: n,
+		mirror: &http.Client{Transport: mirrorRT, CheckRedirect: stripAuthOnHostChange},
+		direct: &http.Client{Transport: directRT, CheckRedirect: stripAuthOnHostChange}}
 
 	start := time.Now()
 	results := make([]result, len(n.Images))
@@ -165,70 +207,62 @@ type runner struct {
 }
 
 type result struct {
-	img     Image
-	pull    *Pull
-	failure *Failure
-	t       *tally
+	img       Image
+	pull      *Pull
+	failure   *Failure
+	fallbacks []Fallback
+	t         *tally
 }
 
 func (r *runner) pullImage(ctx context.Context, img Image) result {
 	res := result{img: img, t: &tally{}}
 	start := time.Now()
-	m, ok := r.node.MirrorFor(img.Registry)
-	if !ok {
-		return r.pullDirect(ctx, img, res, start)
-	}
-	var errs []string
-	var tried []string
+	h := &hosts{img: img, arch: r.o.Arch, t: res.t, retryDelay: r.o.RetryDelay}
+	m, mirrored := r.node.MirrorFor(img.Registry)
 	for _, ep := range m.Endpoints {
-		tried = append(tried, ep.URL)
-		fmt.Fprintf(r.o.Log, "pulling %s from mirror %s\n", img.Ref, ep.URL)
-		f := &fetcher{client: r.mirror, idle: r.o.IdleTimeout, arch: r.o.Arch, base: ep.base, ns: img.Registry, t: res.t}
-		before := *snapshot(res.t)
-		digest, err := f.pull(ctx, img)
-		if err == nil {
-			after := snapshot(res.t)
-			res.pull = &Pull{
-				Ref: img.Ref, Digest: digest, Endpoint: ep.URL, Blobs: after.blobs - before.blobs,
-				Requests: after.requests, Bytes: after.bytes, Seconds: time.Since(start).Seconds(),
-			}
-			fmt.Fprintf(r.o.Log, "pulled %s %s: %d blobs, %d bytes, %.2fs\n", img.Ref, digest, res.pull.Blobs, after.bytes, res.pull.Seconds)
+		f := &fetcher{client: r.mirror, idle: r.o.IdleTimeout, base: ep.base, ns: img.Registry, t: res.t}
+		h.list = append(h.list, host{url: ep.URL, f: f})
+	}
+	if !mirrored || !m.SkipFallback {
+		reg := registryURL(img.Registry, r.o.Fallback)
+		base, err := endpointBase(reg, false)
+		if err != nil {
+			res.failure = &Failure{Ref: img.Ref, Registry: img.Registry, Endpoints: []string{reg},
+				Error: fmt.Sprintf("pulling %s: the registry's own URL %q: %v", img.Ref, reg, err)}
 			return res
 		}
-		errs = append(errs, fmt.Sprintf("mirror endpoint %s: %v", ep.URL, err))
-		fmt.Fprintf(r.o.Log, "FAILED %s from mirror %s: %v\n", img.Ref, ep.URL, err)
+		f := &fetcher{client: r.direct, idle: r.o.DirectTimeout, base: base, t: res.t}
+		h.list = append(h.list, host{url: reg, registry: true, f: f})
 	}
-	res.failure = &Failure{
-		Ref: img.Ref, Registry: img.Registry, Endpoints: tried,
-		Error: fmt.Sprintf("pulling %s through its mirror: %s", img.Ref, strings.Join(errs, "; ")),
+	if !mirrored {
+		// Offline, a registry without a mirror can only fail: bound it.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, r.o.DirectTimeout)
+		defer cancel()
+		fmt.Fprintf(r.o.Log, "pulling %s directly from %s: registry %s has no mirror\n", img.Ref, h.list[0].url, img.Registry)
+	} else {
+		fmt.Fprintf(r.o.Log, "pulling %s from mirror %s\n", img.Ref, m.Endpoints[0].URL)
 	}
-	return res
-}
-
-// pullDirect is containerd's fallback for a registry without a mirror. Here
-// nothing outside is reachable, so it is bounded by DirectTimeout and
-// exists to turn a forgotten mirror into a clear failure.
-func (r *runner) pullDirect(ctx context.Context, img Image, res result, start time.Time) result {
-	host := img.Registry
-	if host == "docker.io" {
-		host = "registry-1.docker.io" // where containerd sends Docker Hub pulls
+	digest, served, err := h.pull(ctx, img)
+	res.fallbacks = h.fallbacks
+	for _, fb := range h.fallbacks {
+		fmt.Fprintf(r.o.Log, "FALLBACK %s: %s from the registry itself at %s after %d mirror endpoint(s) failed\n", fb.Ref, fb.Step, fb.Endpoint, len(fb.Failed))
 	}
-	base := &url.URL{Scheme: "https", Host: host, Path: "/v2"}
-	fmt.Fprintf(r.o.Log, "pulling %s directly from %s: registry %s has no mirror\n", img.Ref, base.Host, img.Registry)
-	ctx, cancel := context.WithTimeout(ctx, r.o.DirectTimeout)
-	defer cancel()
-	f := &fetcher{client: r.direct, idle: r.o.DirectTimeout, arch: r.o.Arch, base: base, t: res.t}
-	digest, err := f.pull(ctx, img)
 	if err == nil {
 		t := snapshot(res.t)
-		res.pull = &Pull{Ref: img.Ref, Digest: digest, Endpoint: "https://" + host, Blobs: t.blobs,
+		res.pull = &Pull{Ref: img.Ref, Digest: digest, Endpoint: served, Blobs: t.blobs,
 			Requests: t.requests, Bytes: t.bytes, Seconds: time.Since(start).Seconds()}
+		fmt.Fprintf(r.o.Log, "pulled %s %s: %d blobs, %d bytes, %.2fs\n", img.Ref, digest, t.blobs, t.bytes, res.pull.Seconds)
 		return res
 	}
-	res.failure = &Failure{
-		Ref: img.Ref, Registry: img.Registry, Endpoints: []string{"https://" + host},
-		Error: fmt.Sprintf("pulling %s: registry %s has no mirror in the machine config, and pulling directly from https://%s failed after %.1fs (limit %s): %v",
-			img.Ref, img.Registry, host, time.Since(start).Seconds(), r.o.DirectTimeout, err),
+	tried := make([]string, 0, len(h.list))
+	for _, hh := range h.list {
+		tried = append(tried, hh.url)
+	}
+	res.failure = &Failure{Ref: img.Ref, Registry: img.Registry, Endpoints: tried, Error: fmt.Sprintf("pulling %s: %v", img.Ref, err)}
+	if !mirrored {
+		res.failure.Error = fmt.Sprintf("pulling %s: registry %s has no mirror in the machine config, and pulling directly from %s failed after %.1fs (limit %s): %v",
+			img.Ref, img.Registry, h.list[0].url, time.Since(start).Seconds(), r.o.DirectTimeout, err)
 	}
 	fmt.Fprintf(r.o.Log, "FAILED %s\n", res.failure.Error)
 	return res
@@ -248,9 +282,10 @@ func (r *runner) summarize(results []result, took time.Duration) Summary {
 	s := Summary{
 		TalosVersion: r.o.TalosVersion, Hostname: host, MachineType: r.node.MachineType,
 		Wanted: len(results), Seconds: took.Seconds(),
-		Registries: map[string]RegistrySummary{}, Pulls: []Pull{}, Failures: []Failure{},
+		Registries: map[string]RegistrySummary{}, Pulls: []Pull{}, Failures: []Failure{}, Fallbacks: []Fallback{},
 	}
 	for _, res := range results {
+		s.Fallbacks = append(s.Fallbacks, res.fallbacks...)
 		t := snapshot(res.t)
 		reg := s.Registries[res.img.Registry]
 		if reg.Mirrors == nil {

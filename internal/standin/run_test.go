@@ -105,9 +105,9 @@ func TestCorruptBlobIsDetectedAndNamed(t *testing.T) {
 	k8s.corrupt[bad] = true
 	k8s.mu.Unlock()
 
-	n, err := standin.LoadUserdata(userdata(genConfig(t, map[string][]string{
+	n, err := standin.LoadUserdata(userdata(withSkipFallback(genConfig(t, map[string][]string{
 		"registry.k8s.io": {k8s.URL}, "ghcr.io": {ups["ghcr.io"].URL},
-	})))
+	}))))
 	require.NoError(t, err)
 	s := standin.Run(t.Context(), n, standin.Options{Arch: "amd64"})
 
@@ -167,10 +167,10 @@ func TestFailingMirrorEndpointIsNamedAndTheNextOneServes(t *testing.T) {
 	down.status = http.StatusServiceUnavailable
 	down.mu.Unlock()
 
-	n, err := standin.LoadUserdata(userdata(genConfig(t, map[string][]string{
+	n, err := standin.LoadUserdata(userdata(withSkipFallback(genConfig(t, map[string][]string{
 		"registry.k8s.io": {down.URL, ups["registry.k8s.io"].URL},
 		"ghcr.io":         {down.URL},
-	})))
+	}))))
 	require.NoError(t, err)
 	s := standin.Run(t.Context(), n, standin.Options{Arch: "amd64"})
 
@@ -183,6 +183,7 @@ func TestFailingMirrorEndpointIsNamedAndTheNextOneServes(t *testing.T) {
 		assert.Equal(t, []string{down.URL}, f.Endpoints)
 		assert.Contains(t, f.Error, "mirror endpoint "+down.URL)
 		assert.Contains(t, f.Error, "503")
+		assert.NotContains(t, f.Error, "registry itself", "skipFallback: no fallback")
 		assert.Contains(t, f.Error, strings.TrimPrefix(f.Ref, "ghcr.io/"))
 	}
 }
@@ -190,7 +191,7 @@ func TestFailingMirrorEndpointIsNamedAndTheNextOneServes(t *testing.T) {
 func TestHungMirrorIsAFailureNotAHang(t *testing.T) {
 	hung := hungListener(t)
 	ep := "http://" + hung
-	n, err := standin.LoadUserdata(userdata(genConfig(t, map[string][]string{"*": {ep}})))
+	n, err := standin.LoadUserdata(userdata(withSkipFallback(genConfig(t, map[string][]string{"*": {ep}}))))
 	require.NoError(t, err)
 
 	start := time.Now()

@@ -31,6 +31,26 @@ type Summary struct {
 	Registries map[string]RegistrySummary `json:"registries"`
 	Pulls      []Pull                     `json:"pulls"`
 	Failures   []Failure                  `json:"failures"`
+	// Fallbacks are the steps the registry itself served after every
+	// mirror endpoint failed them, as containerd falls back unless the
+	// mirror config says skipFallback.
+	Fallbacks []Fallback `json:"fallbacks"`
+}
+
+// Fallback is one step of a pull (resolving the tag, a manifest, a blob)
+// that the registry itself served because the mirror endpoints failed it.
+type Fallback struct {
+	Ref      string          `json:"ref"`
+	Registry string          `json:"registry"`
+	Step     string          `json:"step"`     // "resolve v1.36.0", "manifest sha256:…", "blob sha256:…"
+	Endpoint string          `json:"endpoint"` // the registry's own URL that served it
+	Failed   []EndpointError `json:"failed"`   // the mirror endpoints that failed it, in order
+}
+
+// EndpointError is why one host failed a step.
+type EndpointError struct {
+	Endpoint string `json:"endpoint"`
+	Error    string `json:"error"`
 }
 
 // RegistrySummary adds up one registry host's pulls.
