@@ -23,6 +23,7 @@ import (
 
 // Set is a group of running caches, one per upstream.
 type Set struct {
+	mode      Mode
 	caches    []*Cache
 	addrs     []string
 	listenAll bool
@@ -89,7 +90,7 @@ func start(ctx context.Context, s *settings) (*Set, error) {
 		}
 		root = filepath.Join(dir, "pullthrough")
 	}
-	set := &Set{addrs: addrs, listenAll: s.listenAll, caches: make([]*Cache, len(s.upstreams))}
+	set := &Set{mode: s.mode, addrs: addrs, listenAll: s.listenAll, caches: make([]*Cache, len(s.upstreams))}
 	g, gctx := errgroup.WithContext(ctx)
 	for i, u := range s.upstreams {
 		g.Go(func() error {
@@ -257,6 +258,11 @@ func (s *Set) Close() error {
 	}
 	return errors.Join(errs...)
 }
+
+// Mode is the mode every cache of the set runs in. A strict set needs
+// skipFallback in a real node's mirror config (provisioners sets it), or its
+// containerd pulls what the cache refuses from the registry itself.
+func (s *Set) Mode() Mode { return s.mode }
 
 // Caches returns the caches in upstream order.
 func (s *Set) Caches() []*Cache { return append([]*Cache(nil), s.caches...) }
