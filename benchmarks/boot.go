@@ -53,7 +53,7 @@ func (e *Env) Boot(ctx context.Context, set *cachetest.Set, spec provisioners.Sp
 	}
 	r = Result{Seconds: time.Since(start).Seconds()}
 	d := e.Upstreams.Counts().Sub(before)
-	r.UpstreamBytes, r.UpstreamRequests = d.BytesSent, d.Requests()
+	r.UpstreamBytes, r.UpstreamRequests, r.UpstreamContentBytes, r.UpstreamManifestGETs = d.BytesSent, d.Requests(), d.ContentBytes, d.ManifestGET
 	fmt.Fprintf(log, "boot %s: %s\n", spec.Name, c.Timings())
 	return r, nil
 }

@@ -112,7 +112,7 @@ func BenchmarkConcurrentColdPullProcesses(b *testing.B) {
 	env := benchmarks.NewEnv(b, knobs)
 	ctx := context.Background()
 	const processes = 3
-	var upstreamBytes, manifestGETs int64
+	var upstreamBytes, contentBytes, manifestGETs int64
 	var elapsed time.Duration
 	for range b.N {
 		b.StopTimer()
@@ -140,6 +140,7 @@ func BenchmarkConcurrentColdPullProcesses(b *testing.B) {
 		b.StopTimer()
 		d := env.Upstreams.Counts().Sub(before)
 		upstreamBytes += d.BytesSent
+		contentBytes += d.ContentBytes
 		manifestGETs += d.ManifestGET
 		b.StartTimer()
 	}
@@ -147,7 +148,7 @@ func BenchmarkConcurrentColdPullProcesses(b *testing.B) {
 	b.ReportMetric(elapsed.Seconds()/n, "pull-s/op")
 	b.ReportMetric(float64(upstreamBytes)/1e6/n, "upstream-MB/op")
 	b.ReportMetric(float64(manifestGETs)/n, "upstream-manifest-GETs/op")
-	b.ReportMetric(float64(upstreamBytes)/n/float64(env.Upstreams.PullSize()), "upstream-x")
+	b.ReportMetric(float64(contentBytes)/n/float64(env.Upstreams.UniquePullSize()), "upstream-x")
 }
 
 const helperEnv = "PULLTHROUGH_BENCH_CACHE_PROCESS"

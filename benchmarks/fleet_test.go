@@ -65,7 +65,7 @@ func BenchmarkFleetColdPull(b *testing.B) {
 	single := time.Since(t0)
 	b.ResetTimer()
 	var elapsed time.Duration
-	var upstreamBytes, manifestGETs int64
+	var upstreamBytes, contentBytes, manifestGETs int64
 	for i := range b.N {
 		b.StopTimer()
 		var tier []map[string]string
@@ -91,6 +91,7 @@ func BenchmarkFleetColdPull(b *testing.B) {
 		b.StopTimer()
 		d := env.Upstreams.Counts().Sub(before)
 		upstreamBytes += d.BytesSent
+		contentBytes += d.ContentBytes
 		manifestGETs += d.ManifestGET
 		b.StartTimer()
 	}
@@ -99,5 +100,5 @@ func BenchmarkFleetColdPull(b *testing.B) {
 	b.ReportMetric(elapsed.Seconds()/n/single.Seconds(), "of-alone")
 	b.ReportMetric(float64(upstreamBytes)/1e6/n, "upstream-MB/op")
 	b.ReportMetric(float64(manifestGETs)/n, "upstream-manifest-GETs/op")
-	b.ReportMetric(float64(upstreamBytes)/n/float64(env.Upstreams.PullSize()), "upstream-x")
+	b.ReportMetric(float64(contentBytes)/n/float64(env.Upstreams.UniquePullSize()), "upstream-x")
 }

@@ -77,6 +77,9 @@ type Result struct {
 	Seconds          float64
 	UpstreamBytes    int64
 	UpstreamRequests int64
+	// UpstreamContentBytes is the manifest and blob bytes among
+	// UpstreamBytes (no tokens, no error bodies).
+	UpstreamContentBytes int64
 	// UpstreamManifestGETs is what Docker Hub counts against its pull limit.
 	UpstreamManifestGETs int64
 	Images               int
@@ -110,7 +113,8 @@ func (e *Env) pull(ctx context.Context, mirrors map[string]string) (Result, erro
 	before := e.Upstreams.Counts()
 	s := standin.Run(ctx, node, standin.Options{TalosVersion: e.Knobs.TalosVersion, Log: io.Discard})
 	d := e.Upstreams.Counts().Sub(before)
-	r := Result{Seconds: s.Seconds, UpstreamBytes: d.BytesSent, UpstreamRequests: d.Requests(), UpstreamManifestGETs: d.ManifestGET, Images: s.Images}
+	r := Result{Seconds: s.Seconds, UpstreamBytes: d.BytesSent, UpstreamRequests: d.Requests(), UpstreamContentBytes: d.ContentBytes,
+		UpstreamManifestGETs: d.ManifestGET, Images: s.Images}
 	if len(s.Failures) > 0 {
 		return r, fmt.Errorf("pulling %s: %s", s.Failures[0].Ref, s.Failures[0].Error)
 	}

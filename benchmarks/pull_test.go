@@ -132,7 +132,7 @@ func BenchmarkConcurrentColdPull(b *testing.B) {
 	ctx := context.Background()
 	const clients = 3
 	var total benchmarks.Result
-	var upstreamBytes int64
+	var upstreamBytes, contentBytes int64
 	var elapsed time.Duration
 	// One client alone on a cold cache, timed the same way, for comparison.
 	singleSet, stopSingle, err := env.StartCaches(ctx)
@@ -167,6 +167,7 @@ func BenchmarkConcurrentColdPull(b *testing.B) {
 		b.StopTimer()
 		d := env.Upstreams.Counts().Sub(before)
 		upstreamBytes += d.BytesSent
+		contentBytes += d.ContentBytes
 		total.UpstreamRequests += d.Requests()
 		total.UpstreamManifestGETs += d.ManifestGET
 		stop()
@@ -177,7 +178,7 @@ func BenchmarkConcurrentColdPull(b *testing.B) {
 	b.ReportMetric(float64(upstreamBytes)/1e6/n, "upstream-MB/op")
 	b.ReportMetric(float64(total.UpstreamRequests)/n, "upstream-requests/op")
 	b.ReportMetric(float64(total.UpstreamManifestGETs)/n, "upstream-manifest-GETs/op")
-	b.ReportMetric(float64(upstreamBytes)/n/float64(env.Upstreams.PullSize()), "upstream-x")
+	b.ReportMetric(float64(contentBytes)/n/float64(env.Upstreams.UniquePullSize()), "upstream-x")
 	// Three clients at once against one client alone, same process.
 	b.ReportMetric(elapsed.Seconds()/n/single.Seconds(), "of-single-cold")
 }

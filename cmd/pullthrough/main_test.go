@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -130,7 +131,7 @@ func TestEndToEnd(t *testing.T) {
 	up := exec.Command(binary, append([]string{"up", "--bridge", "127.0.0.1"}, withPorts...)...)
 	stdout, err := up.StdoutPipe()
 	require.NoError(t, err)
-	var upErr bytes.Buffer
+	var upErr lockedBuffer
 	up.Stderr = &upErr
 	require.NoError(t, up.Start())
 	t.Cleanup(func() { _ = up.Process.Kill(); _ = up.Wait() })
@@ -294,4 +295,21 @@ func checkConfigs(t *testing.T, withPorts []string, ups *fixtures.Upstreams, bas
 	r := cli(t, "", append([]string{"config", "--format", "docker", "--bridge", "127.0.0.1"}, withPorts...)...)
 	assert.Equal(t, 1, r.code)
 	assert.Contains(t, r.stderr, "docker.io only")
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

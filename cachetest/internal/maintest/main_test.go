@@ -52,7 +52,7 @@ func TestGetReturnsTheRunningSet(t *testing.T) {
 		require.NoError(t, err)
 		desc, err := remote.Head(ref)
 		require.NoError(t, err, img.Ref())
-		want, err := fixtures.Synthesize(img, fixtures.WithScale(0.001))
+		want, err := fixtures.SynthesizeIndex(img, fixtures.WithScale(0.001))
 		require.NoError(t, err)
 		wantDigest, err := want.Digest()
 		require.NoError(t, err)
