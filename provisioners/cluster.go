@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -116,6 +115,9 @@ func New(tb testing.TB, spec Spec, opts ...Option) *Cluster {
 		}
 		tb.Skipf("provisioners.New: %v", err)
 	}
+	if spec.StateDir == "" && spec.Provisioner == Qemu {
+		spec.StateDir = shortStateDir(tb)
+	}
 	if spec.StateDir == "" {
 		spec.StateDir = tb.TempDir()
 	}
@@ -215,5 +217,5 @@ func (c *Cluster) setSummary(node string, s fixtures.StandinSummary) {
 }
 
 func isStandin(image string) bool {
-	return strings.HasPrefix(image, fixtures.StandinRepository+":")
+	return fixtures.IsStandinImage(image)
 }

@@ -19,7 +19,11 @@ import (
 	"strings"
 
 	cerrdefs "github.com/containerd/errdefs"
-	"github.com/moby/moby/api/types/build"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/moby/moby/client"
 )
 
@@ -53,8 +57,9 @@ type BuildOptions struct {
 }
 
 // BuildGoImage builds opts.Package with CGO_ENABLED=0 for linux and packs the
-// binary into an image FROM scratch, built by the daemon's classic builder
-// from a tar context, so no base image is pulled. Build output goes to log,
+// binary into an image FROM scratch, made with go-containerregistry and
+// loaded into the daemon (docker load), so no base image is pulled and no
+// builder is involved. Build output goes to log,
 // which may be nil. An image under opts.Tag that already carries the same
 // HashLabel is kept as it is, which makes repeated test runs cheap.
 func BuildGoImage(ctx context.Context, cli *client.Client, opts BuildOptions, log io.Writer) error {
@@ -98,6 +103,29 @@ func BuildGoImage(ctx context.Context, cli *client.Client, opts BuildOptions, lo
 	return buildImage(ctx, cli, binary, bin, opts, log)
 }
 
+// GoBinary builds pkg (in dir's module) with CGO_ENABLED=0 for linux on the
+// daemon's architecture and returns the binary.
+func GoBinary(ctx context.Context, cli *client.Client, dir, pkg string, log io.Writer) ([]byte, error) {
+	if log == nil {
+		log = io.Discard
+	}
+	goarch, err := daemonArch(ctx, cli)
+	if err != nil {
+		return nil, err
+	}
+	tmp, err := os.MkdirTemp("", "dockerenv-build-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	out := filepath.Join(tmp, "bin")
+	fmt.Fprintf(log, "go build %s for linux/%s\n", pkg, goarch)
+	if err := goBuild(ctx, dir, pkg, goarch, out, log); err != nil {
+		return nil, err
+	}
+	return os.ReadFile(out)
+}
+
 // BuildBinaryImage packs a static linux binary that already exists (bin)
 // into an image FROM scratch, as BuildGoImage does after its go build.
 func BuildBinaryImage(ctx context.Context, cli *client.Client, bin []byte, opts BuildOptions, log io.Writer) error {
@@ -130,25 +158,15 @@ func buildImage(ctx context.Context, cli *client.Client, binary string, bin []by
 		return nil
 	}
 
-	buildContext, err := tarContext(binary, bin, dockerfile)
+	goarch, err := daemonArch(ctx, cli)
 	if err != nil {
 		return fmt.Errorf("building image %q: %w", opts.Tag, err)
 	}
-	res, err := cli.ImageBuild(ctx, buildContext, client.ImageBuildOptions{
-		Tags:        []string{opts.Tag},
-		Dockerfile:  "Dockerfile",
-		Labels:      labels,
-		Remove:      true,
-		ForceRemove: true,
-		// The classic builder takes a plain tar over the API; BuildKit
-		// would need a session, and FROM scratch gains nothing from it.
-		Version: build.BuilderV1,
-	})
+	img, err := scratchImage(binary, bin, goarch, opts.Env, labels)
 	if err != nil {
 		return fmt.Errorf("building image %q: %w", opts.Tag, err)
 	}
-	defer res.Body.Close()
-	if err := drainBuildStream(res.Body, log); err != nil {
+	if err := loadImage(ctx, cli, opts.Tag, img, log); err != nil {
 		return fmt.Errorf("building image %q: %w", opts.Tag, err)
 	}
 
@@ -252,30 +270,6 @@ func existingImage(ctx context.Context, cli *client.Client, tag, hash string) (i
 	return res.ID, labels[HashLabel] == hash, nil
 }
 
-func tarContext(binary string, bin, dockerfile []byte) (io.Reader, error) {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, f := range []struct {
-		name string
-		mode int64
-		data []byte
-	}{
-		{"Dockerfile", 0o644, dockerfile},
-		{binary, 0o755, bin},
-	} {
-		if err := tw.WriteHeader(&tar.Header{Name: f.name, Mode: f.mode, Size: int64(len(f.data)), Typeflag: tar.TypeReg}); err != nil {
-			return nil, fmt.Errorf("writing build context: %w", err)
-		}
-		if _, err := tw.Write(f.data); err != nil {
-			return nil, fmt.Errorf("writing build context: %w", err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		return nil, fmt.Errorf("writing build context: %w", err)
-	}
-	return &buf, nil
-}
-
 // buildMessage is one line of the build endpoint's JSON stream. Daemons
 // before API 1.4x send the failure in "error" as well as "errorDetail";
 // both are read so either kind of daemon reports it.
@@ -312,4 +306,64 @@ func drainBuildStream(body io.Reader, log io.Writer) error {
 			fmt.Fprintln(log, m.Status)
 		}
 	}
+}
+
+// scratchImage is one layer holding the binary at the root, with the
+// entrypoint, environment and labels a Dockerfile would set.
+func scratchImage(binary string, bin []byte, goarch string, env, labels map[string]string) (v1.Image, error) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	if err := tw.WriteHeader(&tar.Header{Name: binary, Mode: 0o755, Size: int64(len(bin)), Typeflag: tar.TypeReg}); err != nil {
+		return nil, err
+	}
+	if _, err := tw.Write(bin); err != nil {
+		return nil, err
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	layerBytes := buf.Bytes()
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(layerBytes)), nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		return nil, err
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", goarch
+	cf.Config.Entrypoint = []string{"/" + binary}
+	for _, k := range slices.Sorted(maps.Keys(env)) {
+		cf.Config.Env = append(cf.Config.Env, k+"="+env[k])
+	}
+	cf.Config.Labels = labels
+	return mutate.ConfigFile(img, cf)
+}
+
+// loadImage sends the image to the daemon as `docker load` does.
+func loadImage(ctx context.Context, cli *client.Client, tag string, img v1.Image, log io.Writer) error {
+	ref, err := name.NewTag(tag)
+	if err != nil {
+		return fmt.Errorf("tag %q: %w", tag, err)
+	}
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(tarball.Write(ref, img, pw)) }()
+	res, err := cli.ImageLoad(ctx, pr, client.ImageLoadWithQuiet(true))
+	if err != nil {
+		pr.CloseWithError(err)
+		return fmt.Errorf("loading into the daemon: %w", err)
+	}
+	defer res.Close()
+	if err := drainBuildStream(res, log); err != nil {
+		return err
+	}
+	fmt.Fprintf(log, "loaded %s\n", tag)
+	return nil
 }
