@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/url"
+	"sort"
 	"strconv"
 	"strings"
 )
@@ -48,6 +49,28 @@ func DefaultUpstreams() []Upstream {
 		// Talos installer images.
 		{Host: "factory.talos.dev", URL: "https://factory.talos.dev", Port: 5006},
 	}
+}
+
+// UpstreamsFrom turns a registry-host → URL map (fixtures' Mirrors, a
+// team's own registries) into upstreams, in host order, on the guide's
+// ports for the hosts it knows.
+func UpstreamsFrom(urls map[string]string) []Upstream {
+	hosts := make([]string, 0, len(urls))
+	for h := range urls {
+		hosts = append(hosts, h)
+	}
+	sort.Strings(hosts)
+	out := make([]Upstream, 0, len(hosts))
+	for _, h := range hosts {
+		u := Upstream{Host: h, URL: urls[h]}
+		for _, d := range DefaultUpstreams() {
+			if d.Host == h {
+				u.Port = d.Port
+			}
+		}
+		out = append(out, u)
+	}
+	return out
 }
 
 // String never shows credentials, nor a password left in URL.

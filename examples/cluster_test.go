@@ -1,0 +1,55 @@
+// Package examples runs the README's "In a test suite" snippet from a module
+// of its own, with nothing but the exported API, offline: fixtures'
+// registries stand in for the real ones and the stand-in node for Talos.
+package examples
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/pullthrough/pullthrough/cachetest"
+	"github.com/pullthrough/pullthrough/fixtures"
+	"github.com/pullthrough/pullthrough/provisioners"
+)
+
+func TestMain(m *testing.M) {
+	provisioners.LaunchQemuIfAsked()
+	// Offline, fixtures' registries stand in for registry.k8s.io and ghcr.io;
+	// with internet, leave WithUpstreams out and the caches front the real ones.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ups, err := fixtures.StartTalosUpstreams(ctx, fixtures.TalosVersion(), fixtures.WithScale(0.01), fixtures.Unthrottled())
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	dir, err := os.MkdirTemp("", "pullthrough-example-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := cachetest.Run(m, cachetest.WithUpstreams(cachetest.UpstreamsFrom(ups.Mirrors())...), cachetest.WithStorageDir(dir))
+	ups.Close()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func TestUpgrade(t *testing.T) {
+	image := fixtures.NewStandinImage(t) // with a real Talos: "ghcr.io/siderolabs/talos:v1.13.0"
+	c := provisioners.New(t, provisioners.Spec{
+		Name: fmt.Sprintf("example-%d", os.Getpid()), ControlPlanes: 1, Workers: 1, CIDR: "10.79.0.0/24",
+		Image: image,
+	}, provisioners.WithCaches(cachetest.Get(t)))
+	if err := c.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Log(c.Timings())
+	total := cachetest.Get(t).Total()
+	t.Log(total)
+	if total.Misses == 0 || total.ServedBytes == 0 {
+		t.Fatalf("the nodes pulled nothing through the caches: %v", total)
+	}
+}
