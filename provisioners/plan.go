@@ -125,6 +125,9 @@ func configure(ctx context.Context, spec Spec, o *settings) (*Plan, error) {
 		if spec.Qemu.CNICacheDir != "" {
 			q.CniCacheDir = spec.Qemu.CNICacheDir
 		}
+		if isStandinInitramfs(spec.Qemu.InitramfsPath) {
+			standinQemuOps(&common, &q)
+		}
 		p.Configs, err = configmaker.GetQemuConfigs(configmaker.QemuOptions{ExtraOps: q, CommonOps: common, Provisioner: p.prov})
 	}
 	if err != nil {

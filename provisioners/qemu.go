@@ -7,9 +7,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 
 	"github.com/siderolabs/talos/cmd/talosctl/cmd/mgmt/cluster/create/clusterops"
-	"github.com/siderolabs/talos/pkg/provision/providers/qemu"
 )
 
 // ErrKVMUnavailable means /dev/kvm is missing: VMs would run under software
@@ -23,18 +23,29 @@ var ErrQemuPrerequisite = errors.New("qemu prerequisite missing")
 // its own executable to start each VM.
 const launchCommand = "qemu-launch"
 
-// LaunchQemuIfAsked makes a test binary serve as the qemu provisioner's VM
-// launcher, so no talosctl binary is needed. Call it first in TestMain: when
-// the provisioner re-executes the binary as "<binary> qemu-launch", it runs
-// Talos's qemu.Launch and exits; otherwise it returns at once.
+// LaunchQemuIfAsked makes a test binary serve as talosctl for the qemu
+// provisioner, so no talosctl binary is needed. Call it first in TestMain:
+// when the provisioner re-executes the binary as "<binary> qemu-launch" (or
+// dhcpd-launch, dnsd-launch, loadbalancer-launch), it runs what talosctl's
+// hidden command runs and exits; otherwise it returns at once.
+//
+// The VM launcher uses KVM where KVM runs guests; where /dev/kvm opens but
+// a guest does not run (checked by booting a tiny guest with -accel kvm),
+// it hides /dev/kvm from itself so that Talos's launcher picks software
+// emulation (TCG), and says so at the top of the VM's log.
 func LaunchQemuIfAsked() {
-	if len(os.Args) < 2 || os.Args[1] != launchCommand {
+	if len(os.Args) < 2 || !isLaunchCommand(os.Args[1]) {
 		return
 	}
-	if err := qemu.Launch(); err != nil {
+	run, ok := launchers[os.Args[1]]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "%s: %v (this binary serves %s)\n", os.Args[1], errUnknownLaunch, strings.Join(knownLaunchers(), ", "))
+		os.Exit(2)
+	}
+	if err := run(os.Args[2:]); err != nil {
 		// This process is the launcher, not a library caller: its stderr is
-		// what the provisioner keeps as the VM's log.
-		fmt.Fprintf(os.Stderr, "qemu-launch: %v\n", err)
+		// what the provisioner keeps as the helper's log.
+		fmt.Fprintf(os.Stderr, "%s: %v\n", os.Args[1], err)
 		os.Exit(1)
 	}
 	os.Exit(0)
@@ -47,8 +58,13 @@ func QemuPreflight(spec Spec) error {
 	if os.Geteuid() != 0 {
 		errs = append(errs, fmt.Errorf("%w: root (it creates a bridge and tap devices); running as uid %d", ErrQemuPrerequisite, os.Geteuid()))
 	}
-	if _, err := os.Stat("/dev/kvm"); err != nil {
+	// A real Talos under software emulation is far too slow to boot; the
+	// stand-in VM boots in seconds without KVM.
+	if _, err := os.Stat("/dev/kvm"); err != nil && !isStandinInitramfs(spec.Qemu.InitramfsPath) {
 		errs = append(errs, fmt.Errorf("%w: /dev/kvm: %v", ErrKVMUnavailable, err))
+	}
+	if _, err := exec.LookPath("iptables"); err != nil {
+		errs = append(errs, fmt.Errorf("%w: iptables not found in PATH (the bridge and firewall CNI plugins use it; Debian: apt-get install iptables)", ErrQemuPrerequisite))
 	}
 	bin := "qemu-system-" + qemuArch()
 	if _, err := exec.LookPath(bin); err != nil {
@@ -60,7 +76,7 @@ func QemuPreflight(spec Spec) error {
 	}
 	for _, plugin := range []string{"bridge", "firewall", "static", "tc-redirect-tap"} {
 		if !existsIn(cniDirs, plugin) {
-			errs = append(errs, fmt.Errorf("%w: CNI plugin %q in %v (talosctl's CNI bundle has them)", ErrQemuPrerequisite, plugin, cniDirs))
+			errs = append(errs, fmt.Errorf("%w: CNI plugin %q in %v (talosctl's CNI bundle has them; scripts/qemu-up builds them)", ErrQemuPrerequisite, plugin, cniDirs))
 		}
 	}
 	for what, path := range map[string]string{"kernel": spec.Qemu.KernelPath, "initramfs": spec.Qemu.InitramfsPath} {
@@ -68,6 +84,11 @@ func QemuPreflight(spec Spec) error {
 			errs = append(errs, fmt.Errorf("%w: Talos %s path (Spec.Qemu)", ErrQemuPrerequisite, what))
 		} else if _, err := os.Stat(path); err != nil {
 			errs = append(errs, fmt.Errorf("%w: Talos %s %s: %v", ErrQemuPrerequisite, what, path, err))
+		}
+	}
+	if spec.StateDir != "" {
+		if err := qemuSocketPathErr(spec); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if len(errs) > 0 {

@@ -29,6 +29,9 @@ func defaultReadiness(spec Spec) Readiness {
 	if spec.Provisioner == Docker && isStandin(spec.Image) {
 		return StandinReady()
 	}
+	if spec.Provisioner == Qemu && isStandinInitramfs(spec.Qemu.InitramfsPath) {
+		return QemuStandinReady()
+	}
 	return TalosReady()
 }
 
