@@ -22,6 +22,7 @@ import (
 // cacheFlags are the flags every command that runs or finds caches takes.
 type cacheFlags struct {
 	upstreams []string
+	tiers     []string
 	portsFrom int
 	storage   string
 	verbose   bool
@@ -29,6 +30,7 @@ type cacheFlags struct {
 
 func (f *cacheFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringArrayVar(&f.upstreams, "upstream", nil, "host=URL of a registry to cache, e.g. docker.io=https://registry-1.docker.io (repeatable; default: the guide's seven)")
+	cmd.Flags().StringArrayVar(&f.tiers, "tier", nil, "host=URL of a fleet tier tried before that host's origin: pullthrough serve, Harbor (a path is a project prefix), registry:2, zot (repeatable, in order)")
 	cmd.Flags().IntVar(&f.portsFrom, "ports-from", 0, "ports from this one on, in upstream order, instead of the guide's 5000–5006")
 	cmd.Flags().StringVar(&f.storage, "storage", "", "storage root (default: the user's cache directory, shared with cachetest.Main)")
 	cmd.Flags().BoolVarP(&f.verbose, "verbose", "v", false, "log each cache's debug lines")
@@ -40,6 +42,22 @@ func (f *cacheFlags) list() ([]cachetest.Upstream, error) {
 	out, err := f.parseUpstreams()
 	if err != nil {
 		return nil, err
+	}
+	for _, t := range f.tiers {
+		host, url, ok := strings.Cut(t, "=")
+		if !ok || host == "" || url == "" {
+			return nil, usagef("--tier %q: want host=URL, such as docker.io=http://cache.ci:5000", t)
+		}
+		found := false
+		for i := range out {
+			if out[i].Host == host {
+				out[i].Tiers = append(out[i].Tiers, url)
+				found = true
+			}
+		}
+		if !found {
+			return nil, usagef("--tier %q: no upstream %s to put it in front of", t, host)
+		}
 	}
 	if f.portsFrom != 0 {
 		if f.portsFrom < 1 || f.portsFrom+len(out) > 65536 {
