@@ -73,7 +73,7 @@ func TestUsageErrors(t *testing.T) {
 	r := cli(t, "", "-h")
 	assert.Equal(t, 0, r.code, "-h exits 0")
 	assert.Contains(t, r.stdout, "prefetch")
-	for _, args := range [][]string{{"oops"}, {"up", "oops", "--mode", "bogus"}, {"config", "--format", "yaml"}, {"up", "--nope"}, {"gc", "--max-size", "lots"}} {
+	for _, args := range [][]string{{"oops"}, {"up", "oops", "--mode", "bogus"}, {"config", "--format", "yaml"}, {"up", "--nope"}, {"gc", "--max-size", "lots"}, {"up", "--tier", "nohost=http://x"}} {
 		r := cli(t, "", args...)
 		assert.Equal(t, 2, r.code, "%v: %s", args, r.stderr)
 		assert.Equal(t, 1, strings.Count(r.stderr, "pullthrough:"), "one message: %s", r.stderr)
