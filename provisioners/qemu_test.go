@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -191,4 +192,23 @@ func shortTempDir(t *testing.T) string {
 	require.NoError(t, err)
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	return dir
+}
+
+// Every talosctl helper the provisioner may start gets an answer from the
+// test binary, never a second run of the test suite.
+func TestTestBinaryAnswersEveryTalosctlHelper(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"kms-launch"}, "talosctl helper command not served by this binary"},
+		{[]string{"dhcpd-launch", "--no-such-flag"}, "flag provided but not defined: -no-such-flag"},
+		{[]string{"dnsd-launch", "--no-such-flag"}, "flag provided but not defined: -no-such-flag"},
+		{[]string{"loadbalancer-launch", "--loadbalancer-ports", "api"}, `load balancer port "api"`},
+	} {
+		out, err := exec.Command(os.Args[0], tc.args...).CombinedOutput()
+		require.Error(t, err, "%v: %s", tc.args, out)
+		assert.Contains(t, string(out), tc.want, tc.args)
+		assert.NotContains(t, string(out), "PASS", "%v: the tests ran instead of the helper", tc.args)
+	}
 }

@@ -78,7 +78,7 @@ func Boot(ctx context.Context, console io.Writer, opts Options) error {
 	}
 	fmt.Fprintf(console, "standin-vm: DHCP lease %s\n", lease)
 
-	cfg, err := fetchConfig(nctx, url)
+	cfg, err := FetchConfig(nctx, url)
 	if err != nil {
 		return err
 	}
@@ -98,9 +98,9 @@ func Boot(ctx context.Context, console io.Writer, opts Options) error {
 	return standin.WriteSummary(console, s)
 }
 
-// fetchConfig gets the machine config, retrying while the launcher's
+// FetchConfig gets the machine config, retrying while the launcher's
 // server is not reachable yet.
-func fetchConfig(ctx context.Context, url string) ([]byte, error) {
+func FetchConfig(ctx context.Context, url string) ([]byte, error) {
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{Proxy: nil}}
 	defer client.CloseIdleConnections()
 	var last error
