@@ -115,6 +115,9 @@ func New(tb testing.TB, spec Spec, opts ...Option) *Cluster {
 		}
 		tb.Skipf("provisioners.New: %v", err)
 	}
+	if spec.StateDir == "" && spec.Provisioner == Qemu {
+		spec.StateDir = shortStateDir(tb)
+	}
 	if spec.StateDir == "" {
 		spec.StateDir = tb.TempDir()
 	}

@@ -21,6 +21,16 @@
 // package fixtures, which only pulls what a node pulls at boot, readiness is
 // the stand-in's done report.
 //
+// The qemu provisioner boots real Talos from Spec.Qemu's vmlinuz and
+// initramfs.xz, which needs KVM. Without them, StandinQemu gives the stand-in
+// Talos VM that scripts/qemu-up builds (Debian's cloud kernel, an initramfs
+// whose /init is the stand-in node: DHCP on Talos's bridge, talos.config from
+// the launcher, pulls through the mirrors, summary on the serial console),
+// and readiness is that summary in the VM's console log. Test binaries serve
+// as talosctl's helpers through LaunchQemuIfAsked in TestMain; where /dev/kvm
+// opens but KVM does not run a probe guest, the VM launcher hides /dev/kvm in
+// a private mount namespace and QEMU runs under software emulation.
+//
 // Everything this package says goes to the WithLogWriter writer. Talos itself
 // writes two lines straight to stderr that no option silences: "generating
 // PKI and tokens" (its config bundle, which talosctl's configmaker makes

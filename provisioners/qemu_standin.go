@@ -16,6 +16,7 @@ import (
 
 	"github.com/pullthrough/pullthrough/fixtures"
 	"github.com/pullthrough/pullthrough/internal/standin"
+	"github.com/pullthrough/pullthrough/internal/standinvm"
 )
 
 // EnvQemuAssets names the directory scripts/qemu-up builds the stand-in
@@ -28,8 +29,8 @@ const (
 	// is internal/standinvm. A QemuSpec whose InitramfsPath has this base
 	// name gets the stand-in's readiness, as a docker Spec whose image is
 	// fixtures' stand-in does.
-	StandinInitramfsName = "pullthrough-standin-initramfs.img"
-	standinKernelName    = "vmlinuz" // Debian's cloud kernel
+	StandinInitramfsName = standinvm.InitramfsName
+	standinKernelName    = standinvm.KernelName
 )
 
 // cniPlugins are the plugins of Talos's qemu CNI chain (bridge, firewall,

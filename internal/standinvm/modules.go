@@ -65,3 +65,11 @@ func loadModule(path string) error {
 	}
 	return err
 }
+
+// Names of the stand-in VM's boot assets in the directory scripts/qemu-up
+// fills (internal/tools/qemu-assets writes them, package provisioners finds
+// them there).
+const (
+	KernelName    = "vmlinuz" // Debian's cloud kernel
+	InitramfsName = "pullthrough-standin-initramfs.img"
+)

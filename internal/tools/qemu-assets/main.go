@@ -30,8 +30,8 @@ var wantedModules = []string{"virtio_pci", "virtio_net", "virtio_rng"}
 
 // Output names, which the provisioners package looks for.
 const (
-	KernelName    = "vmlinuz"
-	InitramfsName = "pullthrough-standin-initramfs.img"
+	KernelName    = standinvm.KernelName
+	InitramfsName = standinvm.InitramfsName
 )
 
 func main() {
