@@ -139,8 +139,9 @@ type sentCounter struct {
 }
 
 func (s *sentCounter) Write(p []byte) (int, error) {
+	s.n.Add(int64(len(p))) // before the client can have read it
 	n, err := s.ResponseWriter.Write(p)
-	s.n.Add(int64(n))
+	s.n.Add(int64(n - len(p)))
 	return n, err
 }
 
