@@ -4,6 +4,10 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"io"
 	"os"
 	"sort"
 	"strings"
@@ -194,4 +198,61 @@ func TestMissingStandinImageIsNamed(t *testing.T) {
 	_, err := provisioners.Create(context.Background(), spec)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), `node image "pullthrough.local/talos-standin:v1.13.0-missing" is not built`)
+}
+
+// A strict boot with one image missing from the caches fails, and names the
+// image: provisioners gives a strict set's nodes skipFallback, so the node
+// does not quietly pull what the cache refuses from the registry itself.
+func TestStrictBootWithAnImageMissingNamesIt(t *testing.T) {
+	w := newStandinWorld(t)
+	storage := t.TempDir()
+	var cu []cachetest.Upstream
+	for _, u := range w.upstreams.All() {
+		cu = append(cu, cachetest.Upstream{Host: u.Host(), URL: u.URL()})
+	}
+	// Fill the storage with every image but one, through online caches.
+	online := cachetest.New(t, cachetest.WithUpstreams(cu...), cachetest.WithStorageDir(storage))
+	var missing fixtures.Image
+	for _, img := range w.upstreams.Images() {
+		if img.Repository == "pause" {
+			missing = img
+			continue
+		}
+		pullIndex(t, online.Cache(img.Registry).Addr()+"/"+img.Repository+":"+img.Tag)
+	}
+	require.NotEmpty(t, missing.Repository)
+	require.NoError(t, online.Close())
+
+	strict := cachetest.New(t, cachetest.WithUpstreams(cu...), cachetest.WithStorageDir(storage), cachetest.WithMode(cachetest.Strict))
+	w.upstreams.ResetCounts()
+	var log logBuffer
+	c := provisioners.New(t, clusterSpec(t, "strict", w.image, 2), provisioners.WithCaches(strict), provisioners.WithLogWriter(&log))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	err := c.Wait(ctx)
+	require.Error(t, err, "a strict boot with %s missing", missing.Ref())
+	assert.Contains(t, err.Error(), missing.Repository+":"+missing.Tag, "the failure names the missing image")
+	assert.NotContains(t, err.Error(), "https://"+missing.Registry, "the node fell back to the registry itself")
+	assert.Zero(t, w.upstreams.Counts().Requests(), "nothing reached the upstreams: no fallback")
+}
+
+// pullIndex reads an image through a cache: its index, every platform's
+// manifest that is linux/amd64, config and layers.
+func pullIndex(t *testing.T, ref string) {
+	t.Helper()
+	r, err := name.ParseReference(ref, name.Insecure)
+	require.NoError(t, err)
+	img, err := remote.Image(r, remote.WithPlatform(v1.Platform{OS: "linux", Architecture: "amd64"}))
+	require.NoError(t, err)
+	layers, err := img.Layers()
+	require.NoError(t, err)
+	for _, l := range layers {
+		rc, err := l.Compressed()
+		require.NoError(t, err)
+		_, err = io.Copy(io.Discard, rc)
+		require.NoError(t, err)
+		rc.Close()
+	}
+	_, err = img.RawConfigFile()
+	require.NoError(t, err)
 }

@@ -10,15 +10,39 @@ import (
 type Option func(*settings)
 
 type settings struct {
-	caches    *cachetest.Set
-	bridge    string
-	log       io.Writer
-	readiness Readiness
+	caches       *cachetest.Set
+	mirrors      map[string]string
+	skipFallback bool
+	bridge       string
+	log          io.Writer
+	readiness    Readiness
 }
 
 // WithCaches fills the registry mirrors from a running cache set: one mirror
 // per cached upstream, at the address nodes reach the host on.
 func WithCaches(s *cachetest.Set) Option { return func(o *settings) { o.caches = s } }
+
+// WithMirrors sets the registry mirrors from a map of registry host to URL
+// ("docker.io" → "http://172.17.0.1:5000"), for caches this process did not
+// start: the guide's registry:2 containers, `pullthrough up`, a fleet tier.
+// With WithCaches as well, these win for the hosts they name.
+func WithMirrors(m map[string]string) Option {
+	return func(o *settings) {
+		if o.mirrors == nil {
+			o.mirrors = map[string]string{}
+		}
+		for h, u := range m {
+			o.mirrors[h] = u
+		}
+	}
+}
+
+// WithSkipFallback writes the mirrors as Talos RegistryMirrorConfig
+// documents with skipFallback: true, so a node's containerd never pulls from
+// the registry itself when a mirror fails. WithCaches sets it for a strict
+// set: without it a strict-mode verification would pass on a real node that
+// silently pulled from the internet.
+func WithSkipFallback() Option { return func(o *settings) { o.skipFallback = true } }
 
 // WithBridgeAddr overrides the address nodes reach the caches on (default:
 // docker0's address for docker, the CIDR's gateway for qemu).

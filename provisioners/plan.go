@@ -3,9 +3,11 @@ package provisioners
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 
 	"github.com/siderolabs/talos/cmd/talosctl/cmd/mgmt/cluster/create/clusterops"
 	"github.com/siderolabs/talos/cmd/talosctl/cmd/mgmt/cluster/create/clusterops/configmaker"
@@ -13,6 +15,8 @@ import (
 	"github.com/siderolabs/talos/pkg/provision"
 	"github.com/siderolabs/talos/pkg/provision/providers/docker"
 	"github.com/siderolabs/talos/pkg/provision/providers/qemu"
+
+	"github.com/pullthrough/pullthrough/cachetest"
 )
 
 // Plan is a cluster as talosctl would create it, before anything runs: the
@@ -62,7 +66,9 @@ func prepare(spec Spec) (Spec, error) {
 }
 
 func configure(ctx context.Context, spec Spec, o *settings) (*Plan, error) {
-	p := &Plan{Spec: spec}
+	p := &Plan{Spec: spec, Mirrors: map[string]string{}}
+	skipFallback := o.skipFallback
+	var hosts []string // the set's upstream order, then other hosts sorted
 	if o.caches != nil {
 		addr := o.bridge
 		if addr == "" {
@@ -71,13 +77,30 @@ func configure(ctx context.Context, spec Spec, o *settings) (*Plan, error) {
 				return nil, err
 			}
 		}
-		var err error
-		if p.Mirrors, err = o.caches.Mirrors(addr); err != nil {
+		m, err := o.caches.Mirrors(addr)
+		if err != nil {
 			return nil, err
 		}
-		if p.MirrorFlags, err = o.caches.MirrorFlags(addr); err != nil {
+		for _, c := range o.caches.Caches() {
+			hosts = append(hosts, c.Host())
+			p.Mirrors[c.Host()] = m[c.Host()]
+		}
+		skipFallback = skipFallback || o.caches.Mode() == cachetest.Strict
+	}
+	extra := make([]string, 0, len(o.mirrors))
+	for h, u := range o.mirrors {
+		if err := checkMirror(h, u); err != nil {
 			return nil, err
 		}
+		if _, ok := p.Mirrors[h]; !ok {
+			extra = append(extra, h)
+		}
+		p.Mirrors[h] = u
+	}
+	sort.Strings(extra)
+	hosts = append(hosts, extra...)
+	for _, h := range hosts {
+		p.MirrorFlags = append(p.MirrorFlags, h+"="+p.Mirrors[h])
 	}
 
 	common := clusterops.GetCommon()
@@ -91,8 +114,14 @@ func configure(ctx context.Context, spec Spec, o *settings) (*Plan, error) {
 	common.Workers = spec.Workers
 	common.NetworkCIDR = spec.CIDR
 	common.TalosVersion = spec.TalosVersion
-	common.RegistryMirrors = p.MirrorFlags
 	common.ConfigPatch = spec.ConfigPatches
+	if skipFallback {
+		// talosctl's --registry-mirror cannot say skipFallback; Talos's
+		// RegistryMirrorConfig document can.
+		common.ConfigPatch = append(append([]string(nil), spec.ConfigPatches...), mirrorPatch(hosts, p.Mirrors))
+	} else {
+		common.RegistryMirrors = p.MirrorFlags
+	}
 	common.ConfigPatchControlPlane = spec.ControlPlanePatches
 	common.ConfigPatchWorker = spec.WorkerPatches
 	common.TalosconfigDestination = filepath.Join(spec.StateDir, spec.Name, "talosconfig")
@@ -182,4 +211,26 @@ func (p *Plan) NodeMirrors() (map[string]map[string][]string, error) {
 		out[node] = m
 	}
 	return out, nil
+}
+
+// mirrorPatch is one RegistryMirrorConfig document per host, with
+// skipFallback, as a config patch.
+func mirrorPatch(hosts []string, mirrors map[string]string) string {
+	var b strings.Builder
+	for i, h := range hosts {
+		if i > 0 {
+			b.WriteString("---\n")
+		}
+		fmt.Fprintf(&b, "apiVersion: v1alpha1\nkind: RegistryMirrorConfig\nname: %s\nendpoints:\n  - url: %s\nskipFallback: true\n", h, mirrors[h])
+	}
+	return b.String()
+}
+
+// checkMirror names a mirror that is not a registry host and an http(s) URL.
+func checkMirror(host, u string) error {
+	r, err := url.Parse(u)
+	if host == "" || strings.ContainsAny(host, "/ =") || err != nil || (r.Scheme != "http" && r.Scheme != "https") || r.Host == "" {
+		return fmt.Errorf("mirror %q=%q: want a registry host and an http:// or https:// URL, such as docker.io=http://172.17.0.1:5000", host, u)
+	}
+	return nil
 }

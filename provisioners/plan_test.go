@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/siderolabs/talos/pkg/machinery/config/configloader"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -160,4 +161,31 @@ func TestTestBinaryServesAsQemuLauncher(t *testing.T) {
 	require.Error(t, err, "launch with a broken config must fail: %s", out)
 	assert.Contains(t, string(out), "qemu-launch:")
 	assert.NotContains(t, string(out), "PASS", "the tests ran instead of the launcher")
+}
+
+func TestConfigureWithMirrorsAndSkipFallback(t *testing.T) {
+	strict := someCaches(t, cachetest.WithListenAddrs("127.0.0.1"), cachetest.WithMode(cachetest.Strict))
+	plan, err := provisioners.Configure(ctxFor(t), provisioners.Spec{
+		Name: "pt-strict", ControlPlanes: 1, CIDR: "10.82.0.0/24", StateDir: t.TempDir(),
+	}, provisioners.WithCaches(strict), provisioners.WithBridgeAddr("127.0.0.1"),
+		provisioners.WithMirrors(map[string]string{"docker.io": "http://192.0.2.10:5000"}))
+	require.NoError(t, err)
+	cfgs, err := plan.NodeConfigs()
+	require.NoError(t, err)
+	for node, b := range cfgs {
+		cfg, err := configloader.NewFromBytes(b)
+		require.NoError(t, err, node)
+		mcs := cfg.RegistryMirrorConfigs()
+		require.Len(t, mcs, 3, "the set's two caches and the mirror given by hand")
+		for host, mc := range mcs {
+			assert.True(t, mc.SkipFallback(), "a strict set's node must not fall back to %s itself", host)
+		}
+		assert.Equal(t, "http://192.0.2.10:5000", mcs["docker.io"].Endpoints()[0].Endpoint())
+	}
+	assert.Equal(t, "docker.io=http://192.0.2.10:5000", plan.MirrorFlags[len(plan.MirrorFlags)-1])
+
+	_, err = provisioners.Configure(ctxFor(t), provisioners.Spec{Name: "pt-bad", ControlPlanes: 1, StateDir: t.TempDir()},
+		provisioners.WithMirrors(map[string]string{"docker.io": "172.17.0.1:5000"}))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `"docker.io"="172.17.0.1:5000"`)
 }
