@@ -37,7 +37,11 @@ func (e *Env) NodeImage(tb testing.TB, log io.Writer) string {
 func (e *Env) Boot(ctx context.Context, set *cachetest.Set, spec provisioners.Spec, log io.Writer) (r Result, err error) {
 	before := e.Upstreams.Counts()
 	start := time.Now()
-	c, err := provisioners.Create(ctx, spec, provisioners.WithCaches(set), provisioners.WithLogWriter(log))
+	opts := []provisioners.Option{provisioners.WithCaches(set), provisioners.WithLogWriter(log)}
+	if fixtures.IsStandinImage(spec.Image) || (spec.Provisioner == provisioners.Qemu && os.Getenv("PULLTHROUGH_TALOS_KERNEL") == "") {
+		opts = append(opts, provisioners.WithReadiness(fixtures.StandinReady()))
+	}
+	c, err := provisioners.Create(ctx, spec, opts...)
 	if err != nil {
 		return Result{}, err
 	}

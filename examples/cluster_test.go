@@ -38,15 +38,21 @@ func TestMain(m *testing.M) {
 }
 
 func TestUpgrade(t *testing.T) {
-	image := fixtures.NewStandinImage(t) // with a real Talos: "ghcr.io/siderolabs/talos:v1.13.0"
+	// With a real Talos: Image "ghcr.io/siderolabs/talos:v1.13.0" and no
+	// WithReadiness (talosctl's own post-create checks are the default).
+	image := fixtures.NewStandinImage(t)
+	ready := fixtures.StandinReady()
 	c := provisioners.New(t, provisioners.Spec{
 		Name: fmt.Sprintf("example-%d", os.Getpid()), ControlPlanes: 1, Workers: 1, CIDR: "10.79.0.0/24",
 		Image: image,
-	}, provisioners.WithCaches(cachetest.Get(t)))
+	}, provisioners.WithCaches(cachetest.Get(t)), provisioners.WithReadiness(ready))
 	if err := c.Wait(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	t.Log(c.Timings())
+	for node, s := range ready.Summaries() {
+		t.Logf("%s pulled %d images, %d bytes", node, s.Images, s.Bytes)
+	}
 	total := cachetest.Get(t).Total()
 	t.Log(total)
 	if total.Misses == 0 || total.ServedBytes == 0 {

@@ -13,7 +13,6 @@ import (
 
 	"github.com/siderolabs/talos/pkg/provision"
 
-	"github.com/pullthrough/pullthrough/fixtures"
 	"github.com/pullthrough/pullthrough/internal/dockerenv"
 )
 
@@ -40,7 +39,6 @@ type Cluster struct {
 
 	mu        sync.Mutex
 	timings   Timings
-	summaries map[string]fixtures.StandinSummary
 	destroyed bool
 }
 
@@ -110,6 +108,9 @@ func New(tb testing.TB, spec Spec, opts ...Option) *Cluster {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if err := preflight(ctx, spec); err != nil {
+		if errors.Is(err, errNotBuilt) {
+			tb.Fatalf("provisioners.New: %v", err)
+		}
 		if os.Getenv("CI") == "true" {
 			tb.Fatalf("provisioners.New: %v (CI=true: missing prerequisites fail instead of skipping)", err)
 		}
@@ -160,7 +161,12 @@ func (c *Cluster) Destroy(ctx context.Context) error {
 	if c.destroyed {
 		return nil
 	}
-	err := c.plan.prov.Destroy(ctx, c.cluster, provision.WithLogWriter(c.log), provision.WithDeleteOnErr(true))
+	var err error
+	if c.plan.Spec.Provisioner == Docker {
+		err = destroyDocker(ctx, c.plan)
+	} else {
+		err = c.plan.prov.Destroy(ctx, c.cluster, provision.WithLogWriter(c.log), provision.WithDeleteOnErr(true))
+	}
 	if err != nil {
 		// What the provisioner could not remove goes by label, as the
 		// leftovers of a crashed run do.
@@ -194,28 +200,3 @@ func (c *Cluster) Provisioned() provision.Cluster { return c.cluster }
 
 // Nodes lists the nodes as the provisioner made them.
 func (c *Cluster) Nodes() []provision.NodeInfo { return c.cluster.Info().Nodes }
-
-// StandinSummaries returns each stand-in node's pull report by node name,
-// once Wait with the stand-in readiness has passed.
-func (c *Cluster) StandinSummaries() map[string]fixtures.StandinSummary {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	out := make(map[string]fixtures.StandinSummary, len(c.summaries))
-	for k, v := range c.summaries {
-		out[k] = v
-	}
-	return out
-}
-
-func (c *Cluster) setSummary(node string, s fixtures.StandinSummary) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.summaries == nil {
-		c.summaries = map[string]fixtures.StandinSummary{}
-	}
-	c.summaries[node] = s
-}
-
-func isStandin(image string) bool {
-	return fixtures.IsStandinImage(image)
-}

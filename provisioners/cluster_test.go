@@ -81,13 +81,14 @@ func TestDockerClusterOfStandinsPullsThroughTheCaches(t *testing.T) {
 	w := newStandinWorld(t)
 	var log logBuffer
 	spec := clusterSpec(t, "pull", w.image, 0)
-	c := provisioners.New(t, spec, provisioners.WithCaches(w.caches), provisioners.WithLogWriter(&log))
+	ready := fixtures.StandinReady()
+	c := provisioners.New(t, spec, provisioners.WithCaches(w.caches), provisioners.WithLogWriter(&log), provisioners.WithReadiness(ready))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	require.NoError(t, c.Wait(ctx), "provisioner log:\n%s", log.String())
 
 	// Every node pulled the whole set through the caches.
-	sums := c.StandinSummaries()
+	sums := ready.Summaries()
 	require.Len(t, sums, 2)
 	var nodeBytes, nodeRequests int64
 	for node, s := range sums {
@@ -173,7 +174,7 @@ func TestLeftoversOfACrashedRunAreRemoved(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	// A run that "crashed": created, never destroyed.
-	first, err := provisioners.Create(ctx, spec, provisioners.WithCaches(w.caches))
+	first, err := provisioners.Create(ctx, spec, provisioners.WithCaches(w.caches), provisioners.WithReadiness(fixtures.StandinReady()))
 	require.NoError(t, err)
 	require.NotNil(t, first)
 	t.Cleanup(func() { // in case the test fails before the second run removes them
@@ -184,7 +185,7 @@ func TestLeftoversOfACrashedRunAreRemoved(t *testing.T) {
 	})
 
 	var log logBuffer
-	second := provisioners.New(t, spec, provisioners.WithCaches(w.caches), provisioners.WithLogWriter(&log))
+	second := provisioners.New(t, spec, provisioners.WithCaches(w.caches), provisioners.WithLogWriter(&log), provisioners.WithReadiness(fixtures.StandinReady()))
 	assert.Contains(t, log.String(), "left by an earlier run")
 	require.NoError(t, second.Wait(ctx), log.String())
 	require.NoError(t, second.Destroy(ctx))
@@ -197,7 +198,7 @@ func TestMissingStandinImageIsNamed(t *testing.T) {
 	spec.TalosVersion = provisioners.DefaultTalosVersion
 	_, err := provisioners.Create(context.Background(), spec)
 	require.Error(t, err)
-	assert.Contains(t, err.Error(), `node image "pullthrough.local/talos-standin:v1.13.0-missing" is not built`)
+	assert.Contains(t, err.Error(), `node image "pullthrough.local/talos-standin:v1.13.0-missing" is not on the daemon`)
 }
 
 // A strict boot with one image missing from the caches fails, and names the
@@ -226,7 +227,8 @@ func TestStrictBootWithAnImageMissingNamesIt(t *testing.T) {
 	strict := cachetest.New(t, cachetest.WithUpstreams(cu...), cachetest.WithStorageDir(storage), cachetest.WithMode(cachetest.Strict))
 	w.upstreams.ResetCounts()
 	var log logBuffer
-	c := provisioners.New(t, clusterSpec(t, "strict", w.image, 2), provisioners.WithCaches(strict), provisioners.WithLogWriter(&log))
+	c := provisioners.New(t, clusterSpec(t, "strict", w.image, 2), provisioners.WithCaches(strict), provisioners.WithLogWriter(&log),
+		provisioners.WithReadiness(fixtures.StandinReady()))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	err := c.Wait(ctx)

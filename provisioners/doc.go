@@ -17,22 +17,26 @@
 //
 // With a real Talos image (PULLTHROUGH_TALOS_IMAGE=ghcr.io/siderolabs/talos:v1.13.0
 // or Spec.Image), readiness is talosctl's own post-create: bootstrap etcd, then
-// check.Wait with check.DefaultClusterChecks. With the stand-in node image of
-// package fixtures, which only pulls what a node pulls at boot, readiness is
-// the stand-in's done report.
+// check.Wait with check.DefaultClusterChecks. This package knows nothing of
+// stand-ins: with package fixtures' stand-in node, which only pulls what a
+// node pulls at boot, pass WithReadiness(fixtures.StandinReady()), whose
+// Summaries then say what each node pulled. Readiness checks compose with
+// AllOf, as Talos's conditions do.
 //
 // The qemu provisioner boots real Talos from Spec.Qemu's vmlinuz and
 // initramfs.xz, which needs KVM. Without them, StandinQemu gives the stand-in
 // Talos VM that scripts/qemu-up builds (Debian's cloud kernel, an initramfs
 // whose /init is the stand-in node: DHCP on Talos's bridge, talos.config from
 // the launcher, pulls through the mirrors, summary on the serial console),
-// and readiness is that summary in the VM's console log. Test binaries serve
+// and fixtures.StandinReady reads that summary from the VM's console log. Test binaries serve
 // as talosctl's helpers through LaunchQemuIfAsked in TestMain; where /dev/kvm
 // opens but KVM does not run a probe guest, the VM launcher hides /dev/kvm in
 // a private mount namespace and QEMU runs under software emulation.
 //
-// Everything this package says goes to the WithLogWriter writer. Talos itself
-// writes two lines straight to stderr that no option silences: "generating
-// PKI and tokens" (its config bundle, which talosctl's configmaker makes
-// verbose) and "destroying network …" (its docker provisioner).
+// Everything this package says goes to the WithLogWriter writer. Docker
+// clusters are destroyed by their labels here rather than by Talos's docker
+// Destroy, which prints "destroying network …" straight to stderr. One line
+// remains that no option silences: "generating PKI and tokens", printed by
+// Talos's config bundle, which talosctl's configmaker makes verbose and does
+// not let a caller quiet.
 package provisioners

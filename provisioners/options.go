@@ -51,6 +51,7 @@ func WithBridgeAddr(ip string) Option { return func(o *settings) { o.bridge = ip
 // WithLogWriter receives the provisioner's progress. Default: discarded.
 func WithLogWriter(w io.Writer) Option { return func(o *settings) { o.log = w } }
 
-// WithReadiness replaces the default check: talosctl's post-create checks for
-// a real Talos image, the stand-in's done report for fixtures' stand-in.
+// WithReadiness replaces the default check, talosctl's post-create checks,
+// which need a real Talos: fixtures.StandinReady() for stand-in nodes, or
+// AllOf several checks.
 func WithReadiness(r Readiness) Option { return func(o *settings) { o.readiness = r } }

@@ -1,21 +1,15 @@
 package provisioners
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/siderolabs/talos/cmd/talosctl/cmd/mgmt/cluster/create/clusterops"
 	"github.com/siderolabs/talos/pkg/bytesize"
-	"golang.org/x/sync/errgroup"
 
-	"github.com/pullthrough/pullthrough/fixtures"
-	"github.com/pullthrough/pullthrough/internal/standin"
 	"github.com/pullthrough/pullthrough/internal/standinvm"
 )
 
@@ -104,92 +98,6 @@ func isStandinInitramfs(path string) bool {
 	return path != "" && filepath.Base(path) == StandinInitramfsName
 }
 
-// QemuStandinReady waits for every stand-in VM to print its summary on the
-// serial console, which Talos's launcher writes to <state>/<node>.log, and
-// fails if a node reports failures, reports an error line, or its launcher
-// exits first.
-func QemuStandinReady() Readiness {
-	return ReadinessFunc(func(ctx context.Context, c *Cluster) error {
-		state := filepath.Join(c.plan.Spec.StateDir, c.plan.Spec.Name)
-		g, gctx := errgroup.WithContext(ctx)
-		for _, n := range c.Nodes() {
-			g.Go(func() error {
-				s, err := waitConsole(gctx, filepath.Join(state, n.Name+".log"), n.ID)
-				if s.Wanted > 0 {
-					c.setSummary(n.Name, s)
-				}
-				if err != nil {
-					return fmt.Errorf("node %q: %w", n.Name, err)
-				}
-				return nil
-			})
-		}
-		return g.Wait()
-	})
-}
-
-// waitConsole polls a VM's console log for the stand-in's summary line.
-func waitConsole(ctx context.Context, logPath, pidPath string) (fixtures.StandinSummary, error) {
-	delay := 50 * time.Millisecond
-	for {
-		// The launcher's state is read before the log: a launcher seen gone
-		// has written all it ever will.
-		alive := launcherAlive(pidPath)
-		b, err := os.ReadFile(logPath)
-		if err != nil {
-			return fixtures.StandinSummary{}, fmt.Errorf("reading the VM console log: %w", err)
-		}
-		logs := string(b)
-		// QEMU writes the console as it comes: a line without its newline
-		// yet is still being written.
-		complete := logs[:strings.LastIndexByte(logs, '\n')+1]
-		s, ok, err := fixtures.ParseStandinSummary(complete)
-		if err != nil {
-			return s, err
-		}
-		if ok {
-			return s, s.Err()
-		}
-		if msg, ok := standin.FindLine(complete, standin.ErrorPrefix); ok {
-			return s, fmt.Errorf("%w: the stand-in VM stopped before pulling: %s", fixtures.ErrStandinExited, msg)
-		}
-		if !alive {
-			return s, fmt.Errorf("%w: the VM launcher exited; end of %s:\n%s", fixtures.ErrStandinExited, logPath, tail(logs, 3000))
-		}
-		select {
-		case <-ctx.Done():
-			return s, fmt.Errorf("waiting for the summary in %s: %w; end of the log:\n%s", logPath, ctx.Err(), tail(logs, 3000))
-		case <-time.After(delay):
-		}
-		delay = min(2*delay, 250*time.Millisecond)
-	}
-}
-
-// launcherAlive reports whether the PID file's process still runs. The
-// provisioner starts launchers from this process and never waits for them,
-// so one that exited stays a zombie: that counts as gone.
-func launcherAlive(pidPath string) bool {
-	b, err := os.ReadFile(pidPath)
-	if err != nil {
-		return false
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || pid <= 0 {
-		return false
-	}
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	// The state letter follows the parenthesised command name.
-	i := strings.LastIndexByte(string(stat), ')')
-	if i < 0 || i+2 >= len(stat) {
-		return false
-	}
-	st := stat[i+2]
-	return st != 'Z' && st != 'X'
-}
-
 // maxSocketPath is the longest unix socket path Linux takes (sun_path less
 // its NUL); QEMU refuses longer ones for the monitor and agent sockets the
 // launcher puts in the state directory.
@@ -221,14 +129,6 @@ func shortStateDir(tb testing.TB) string {
 	}
 	tb.Cleanup(func() { os.RemoveAll(dir) })
 	return dir
-}
-
-func tail(s string, n int) string {
-	s = strings.TrimSpace(s)
-	if len(s) > n {
-		return "…" + s[len(s)-n:]
-	}
-	return s
 }
 
 // standinQemuOps fits talosctl's qemu defaults to the stand-in VM: it boots

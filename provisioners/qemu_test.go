@@ -59,7 +59,8 @@ func TestQemuClusterOfStandinVMsPullsThroughTheCaches(t *testing.T) {
 
 	var log logBuffer
 	start := time.Now()
-	c := provisioners.New(t, spec, provisioners.WithCaches(caches), provisioners.WithLogWriter(&log))
+	ready := fixtures.StandinReady()
+	c := provisioners.New(t, spec, provisioners.WithCaches(caches), provisioners.WithLogWriter(&log), provisioners.WithReadiness(ready))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	state := filepath.Join(spec.StateDir, spec.Name)
@@ -74,7 +75,7 @@ func TestQemuClusterOfStandinVMsPullsThroughTheCaches(t *testing.T) {
 	}
 
 	// Every VM pulled the whole set through the caches, at the gateway.
-	sums := c.StandinSummaries()
+	sums := ready.Summaries()
 	require.Len(t, sums, 2)
 	var nodeBytes, nodeRequests int64
 	for node, s := range sums {

@@ -8,10 +8,6 @@ import (
 	"github.com/siderolabs/talos/pkg/cluster/check"
 	"github.com/siderolabs/talos/pkg/conditions"
 	"github.com/siderolabs/talos/pkg/provision/access"
-	"golang.org/x/sync/errgroup"
-
-	"github.com/pullthrough/pullthrough/fixtures"
-	"github.com/pullthrough/pullthrough/internal/dockerenv"
 )
 
 // Readiness decides when a created cluster is ready.
@@ -25,14 +21,19 @@ type ReadinessFunc func(ctx context.Context, c *Cluster) error
 // Wait calls f.
 func (f ReadinessFunc) Wait(ctx context.Context, c *Cluster) error { return f(ctx, c) }
 
-func defaultReadiness(spec Spec) Readiness {
-	if spec.Provisioner == Docker && isStandin(spec.Image) {
-		return StandinReady()
-	}
-	if spec.Provisioner == Qemu && isStandinInitramfs(spec.Qemu.InitramfsPath) {
-		return QemuStandinReady()
-	}
-	return TalosReady()
+func defaultReadiness(Spec) Readiness { return TalosReady() }
+
+// AllOf is ready when each check is, in order, as Talos's check.Wait runs
+// its conditions; the first failure ends the wait.
+func AllOf(checks ...Readiness) Readiness {
+	return ReadinessFunc(func(ctx context.Context, c *Cluster) error {
+		for _, r := range checks {
+			if err := r.Wait(ctx, c); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // TalosReady is talosctl cluster create's own post-create: bootstrap etcd on
@@ -47,32 +48,6 @@ func TalosReady() Readiness {
 			return fmt.Errorf("bootstrapping etcd: %w", err)
 		}
 		return check.Wait(ctx, a, check.DefaultClusterChecks(), writerReporter{c.log})
-	})
-}
-
-// StandinReady waits for every stand-in node (package fixtures) to report
-// that it pulled its images, and fails if a node reports failures.
-func StandinReady() Readiness {
-	return ReadinessFunc(func(ctx context.Context, c *Cluster) error {
-		cli, err := dockerenv.Client(ctx)
-		if err != nil {
-			return err
-		}
-		defer cli.Close()
-		g, gctx := errgroup.WithContext(ctx)
-		for _, n := range c.Nodes() {
-			g.Go(func() error {
-				s, err := fixtures.WaitStandin(gctx, cli, n.ID)
-				if s.Wanted > 0 {
-					c.setSummary(n.Name, s)
-				}
-				if err != nil {
-					return fmt.Errorf("node %q: %w", n.Name, err)
-				}
-				return nil
-			})
-		}
-		return g.Wait()
 	})
 }
 
