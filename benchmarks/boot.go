@@ -17,7 +17,7 @@ import (
 
 // NodeImage is the docker node image boots use: $PULLTHROUGH_TALOS_IMAGE if
 // set (a real Talos), else the stand-in, built here when missing.
-func (e *Env) NodeImage(tb testing.TB, log io.Writer) string {
+func (e *benchEnv) NodeImage(tb testing.TB, log io.Writer) string {
 	tb.Helper()
 	if img := os.Getenv(provisioners.EnvTalosImage); img != "" {
 		return img
@@ -25,7 +25,7 @@ func (e *Env) NodeImage(tb testing.TB, log io.Writer) string {
 	cli := dockerenv.Require(tb)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	img, err := fixtures.BuildStandinImage(ctx, cli, e.Knobs.TalosVersion, log)
+	img, err := fixtures.BuildStandinImage(ctx, cli, e.benchKnobs.TalosVersion, log)
 	if err != nil {
 		tb.Fatalf("building the stand-in node image: %v", err)
 	}
@@ -34,7 +34,7 @@ func (e *Env) NodeImage(tb testing.TB, log io.Writer) string {
 
 // Boot creates a docker cluster whose nodes pull through set, waits until it
 // is ready, and destroys it. Seconds is the time from Create to ready.
-func (e *Env) Boot(ctx context.Context, set *cachetest.Set, spec provisioners.Spec, log io.Writer) (r Result, err error) {
+func (e *benchEnv) Boot(ctx context.Context, set *cachetest.Set, spec provisioners.Spec, log io.Writer) (r result, err error) {
 	before := e.Upstreams.Counts()
 	start := time.Now()
 	opts := []provisioners.Option{provisioners.WithCaches(set), provisioners.WithLogWriter(log)}
@@ -43,7 +43,7 @@ func (e *Env) Boot(ctx context.Context, set *cachetest.Set, spec provisioners.Sp
 	}
 	c, err := provisioners.Create(ctx, spec, opts...)
 	if err != nil {
-		return Result{}, err
+		return result{}, err
 	}
 	defer func() {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
@@ -53,9 +53,9 @@ func (e *Env) Boot(ctx context.Context, set *cachetest.Set, spec provisioners.Sp
 		}
 	}()
 	if err := c.Wait(ctx); err != nil {
-		return Result{}, err
+		return result{}, err
 	}
-	r = Result{Seconds: time.Since(start).Seconds()}
+	r = result{Seconds: time.Since(start).Seconds()}
 	d := e.Upstreams.Counts().Sub(before)
 	r.UpstreamBytes, r.UpstreamRequests, r.UpstreamContentBytes, r.UpstreamManifestGETs = d.BytesSent, d.Requests(), d.ContentBytes, d.ManifestGET
 	fmt.Fprintf(log, "boot %s: %s\n", spec.Name, c.Timings())

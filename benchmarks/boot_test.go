@@ -1,4 +1,4 @@
-package benchmarks_test
+package benchmarks
 
 import (
 	"context"
@@ -7,14 +7,13 @@ import (
 	"os"
 	"testing"
 
-	"github.com/pullthrough/pullthrough/benchmarks"
 	"github.com/pullthrough/pullthrough/cachetest"
 	"github.com/pullthrough/pullthrough/provisioners"
 )
 
 // BenchmarkBoot compares cluster boots with a cold and a warm cache.
 func BenchmarkBoot(b *testing.B) {
-	env := benchmarks.NewEnv(b, knobs)
+	env := newBenchEnv(b, knobs)
 	b.Run("docker", func(b *testing.B) { benchBootDocker(b, env) })
 	b.Run("qemu", func(b *testing.B) { benchBootQemu(b, env) })
 }
@@ -41,7 +40,7 @@ func bootSpec(b *testing.B, image string, i int) provisioners.Spec {
 	}
 }
 
-func benchBootDocker(b *testing.B, env *benchmarks.Env) {
+func benchBootDocker(b *testing.B, env *benchEnv) {
 	image := env.NodeImage(b, benchLog(b))
 	benchBoot(b, env, func(i int) provisioners.Spec { return bootSpec(b, image, i) })
 }
@@ -51,7 +50,7 @@ func benchBootDocker(b *testing.B, env *benchmarks.Env) {
 // PULLTHROUGH_TALOS_INITRAMFS name its vmlinuz and initramfs.xz (that needs
 // KVM). The bridge appears only with each cluster, so the caches listen on
 // all addresses, and nodes reach them at the CIDR's gateway.
-func benchBootQemu(b *testing.B, env *benchmarks.Env) {
+func benchBootQemu(b *testing.B, env *benchEnv) {
 	q, err := provisioners.StandinQemu()
 	if k, i := os.Getenv("PULLTHROUGH_TALOS_KERNEL"), os.Getenv("PULLTHROUGH_TALOS_INITRAMFS"); k != "" || i != "" {
 		q, err = provisioners.QemuSpec{KernelPath: k, InitramfsPath: i}, nil
@@ -85,13 +84,13 @@ func benchBootQemu(b *testing.B, env *benchmarks.Env) {
 
 // benchBoot measures cold boots (fresh caches each time) and warm ones (one
 // set of caches, filled by a first boot outside the timing).
-func benchBoot(b *testing.B, env *benchmarks.Env, bootSpec func(i int) provisioners.Spec, cacheOpts ...cachetest.Option) {
+func benchBoot(b *testing.B, env *benchEnv, bootSpec func(i int) provisioners.Spec, cacheOpts ...cachetest.Option) {
 	log := benchLog(b)
 	ctx := context.Background()
 	var coldSeconds float64
 	iter := 0
 	b.Run("cold", func(b *testing.B) {
-		var total benchmarks.Result
+		var total result
 		for range b.N {
 			b.StopTimer()
 			set, stop, err := env.StartCaches(ctx, cacheOpts...)
@@ -125,7 +124,7 @@ func benchBoot(b *testing.B, env *benchmarks.Env, bootSpec func(i int) provision
 			coldSeconds = fill.Seconds
 		}
 		b.StartTimer()
-		var total benchmarks.Result
+		var total result
 		for range b.N {
 			b.StopTimer()
 			iter++

@@ -1,4 +1,4 @@
-package benchmarks_test
+package benchmarks
 
 import (
 	"bufio"
@@ -26,7 +26,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/pullthrough/pullthrough/benchmarks"
 	"github.com/pullthrough/pullthrough/cachetest"
 	"github.com/pullthrough/pullthrough/fixtures"
 )
@@ -109,7 +108,7 @@ func BenchmarkColdFirstByte(b *testing.B) {
 // cold. upstream-x is upstream bytes over one set's bytes (1.00: each blob
 // fetched once across the processes).
 func BenchmarkConcurrentColdPullProcesses(b *testing.B) {
-	env := benchmarks.NewEnv(b, knobs)
+	env := newBenchEnv(b, knobs)
 	ctx := context.Background()
 	const processes = 3
 	var upstreamBytes, contentBytes, manifestGETs int64
@@ -122,7 +121,7 @@ func BenchmarkConcurrentColdPullProcesses(b *testing.B) {
 			mirrors = append(mirrors, startCacheProcess(b, env, dir))
 		}
 		for _, m := range mirrors { // configs made outside the timing
-			if _, err := benchmarks.NodeFor(env.Knobs.TalosVersion, m); err != nil {
+			if _, err := nodeFor(env.benchKnobs.TalosVersion, m); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -180,7 +179,7 @@ func runCacheProcess() {
 	os.Exit(0)
 }
 
-func startCacheProcess(b *testing.B, env *benchmarks.Env, dir string) map[string]string {
+func startCacheProcess(b *testing.B, env *benchEnv, dir string) map[string]string {
 	b.Helper()
 	type up struct{ Host, URL string }
 	var ups []up

@@ -1,4 +1,4 @@
-package benchmarks_test
+package benchmarks
 
 import (
 	"context"
@@ -10,7 +10,6 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/pullthrough/pullthrough/benchmarks"
 	"github.com/pullthrough/pullthrough/internal/cache"
 	"github.com/pullthrough/pullthrough/internal/fleet"
 	"github.com/pullthrough/pullthrough/internal/fleettest"
@@ -18,7 +17,7 @@ import (
 
 // startTier starts one fleet instance (what `pullthrough serve` runs): a
 // cache per upstream sharing the bucket and Redis, under key prefix run.
-func startTier(b *testing.B, env *benchmarks.Env, redis, s3 string, run string) map[string]string {
+func startTier(b *testing.B, env *benchEnv, redis, s3 string, run string) map[string]string {
 	mirrors := map[string]string{}
 	for _, u := range env.Upstreams.All() {
 		remote, _ := url.Parse(u.URL())
@@ -50,12 +49,12 @@ func startTier(b *testing.B, env *benchmarks.Env, redis, s3 string, run string) 
 // pull time over one client through one instance alone, same run.
 func BenchmarkFleetColdPull(b *testing.B) {
 	redis, s3 := fleettest.Redis(b), fleettest.S3(b)
-	env := benchmarks.NewEnv(b, knobs)
+	env := newBenchEnv(b, knobs)
 	ctx := context.Background()
 	const instances, clients = 4, 8
 	// One instance, one client, for comparison.
 	alone := startTier(b, env, redis.Addr, s3.Addr, "alone")
-	if _, err := benchmarks.NodeFor(env.Knobs.TalosVersion, alone); err != nil {
+	if _, err := nodeFor(env.benchKnobs.TalosVersion, alone); err != nil {
 		b.Fatal(err)
 	}
 	t0 := time.Now()
@@ -71,7 +70,7 @@ func BenchmarkFleetColdPull(b *testing.B) {
 		var tier []map[string]string
 		for j := range instances {
 			m := startTier(b, env, redis.Addr, s3.Addr, fmt.Sprintf("run%d", i))
-			if _, err := benchmarks.NodeFor(env.Knobs.TalosVersion, m); err != nil { // configs outside the timing
+			if _, err := nodeFor(env.benchKnobs.TalosVersion, m); err != nil { // configs outside the timing
 				b.Fatal(err)
 			}
 			_ = j

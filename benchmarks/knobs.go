@@ -10,8 +10,8 @@ import (
 	"github.com/pullthrough/pullthrough/provisioners"
 )
 
-// Knobs are the settings of one benchmark run.
-type Knobs struct {
+// benchKnobs are the settings of one benchmark run.
+type benchKnobs struct {
 	// Mbits is the simulated WAN bandwidth in Mbit/s; 0 is unthrottled.
 	Mbits float64
 	// Latency is added before each upstream response.
@@ -26,16 +26,16 @@ type Knobs struct {
 	Seed uint64
 }
 
-// DefaultKnobs are the documented defaults: 100 Mbit/s, 30 ms, the full set,
+// defaultKnobs are the documented defaults: 100 Mbit/s, 30 ms, the full set,
 // one control plane and one worker.
-func DefaultKnobs() Knobs {
-	return Knobs{Mbits: 100, Latency: 30 * time.Millisecond, Scale: 1, ControlPlanes: 1, Workers: 1,
+func defaultKnobs() benchKnobs {
+	return benchKnobs{Mbits: 100, Latency: 30 * time.Millisecond, Scale: 1, ControlPlanes: 1, Workers: 1,
 		TalosVersion: provisioners.DefaultTalosVersion, Seed: 1}
 }
 
-// KnobsFromEnv reads the PULLTHROUGH_BENCH_* variables over the defaults.
-func KnobsFromEnv() (Knobs, error) {
-	k := DefaultKnobs()
+// knobsFromEnv reads the PULLTHROUGH_BENCH_* variables over the defaults.
+func knobsFromEnv() (benchKnobs, error) {
+	k := defaultKnobs()
 	for name, set := range map[string]func(string) error{
 		"PULLTHROUGH_BENCH_MBITS":   func(v string) (err error) { k.Mbits, err = strconv.ParseFloat(v, 64); return },
 		"PULLTHROUGH_BENCH_LATENCY": func(v string) (err error) { k.Latency, err = time.ParseDuration(v); return },
@@ -52,7 +52,7 @@ func KnobsFromEnv() (Knobs, error) {
 	return k, k.validate()
 }
 
-func (k Knobs) validate() error {
+func (k benchKnobs) validate() error {
 	switch {
 	case k.Mbits < 0:
 		return fmt.Errorf("bandwidth %v Mbit/s: want 0 (unthrottled) or more", k.Mbits)
@@ -68,7 +68,7 @@ func (k Knobs) validate() error {
 	return nil
 }
 
-func (k Knobs) String() string {
+func (k benchKnobs) String() string {
 	bw := "unthrottled"
 	if k.Mbits > 0 {
 		bw = fmt.Sprintf("%g Mbit/s", k.Mbits)
@@ -76,7 +76,7 @@ func (k Knobs) String() string {
 	return fmt.Sprintf("WAN %s, %v latency, scale %g, Talos %s", bw, k.Latency, k.Scale, k.TalosVersion)
 }
 
-func (k Knobs) upstreamOptions() []fixtures.Option {
+func (k benchKnobs) upstreamOptions() []fixtures.Option {
 	return []fixtures.Option{
 		fixtures.WithWAN(int64(k.Mbits*1e6), k.Latency),
 		fixtures.WithScale(k.Scale),

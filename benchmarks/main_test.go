@@ -1,15 +1,14 @@
-package benchmarks_test
+package benchmarks
 
 import (
 	"flag"
 	"os"
 	"testing"
 
-	"github.com/pullthrough/pullthrough/benchmarks"
 	"github.com/pullthrough/pullthrough/provisioners"
 )
 
-var knobs benchmarks.Knobs
+var knobs benchKnobs
 
 func TestMain(m *testing.M) {
 	if os.Getenv(helperEnv) != "" {
@@ -17,7 +16,7 @@ func TestMain(m *testing.M) {
 		return
 	}
 	provisioners.LaunchQemuIfAsked()
-	k, err := benchmarks.KnobsFromEnv()
+	k, err := knobsFromEnv()
 	if err != nil {
 		// A bad knob is a usage error of this test binary.
 		os.Stderr.WriteString("benchmarks: " + err.Error() + "\n")

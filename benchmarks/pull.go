@@ -19,26 +19,26 @@ import (
 	"github.com/pullthrough/pullthrough/internal/standin"
 )
 
-// Env is a benchmark's world: the fixture upstreams, started once.
-type Env struct {
-	Knobs     Knobs
-	Upstreams *fixtures.Upstreams
+// benchEnv is a benchmark's world: the fixture upstreams, started once.
+type benchEnv struct {
+	benchKnobs benchKnobs
+	Upstreams  *fixtures.Upstreams
 
 	mu    sync.Mutex
 	nodes map[string]*standin.Node // by mirrors: making a config makes RSA keys
 }
 
-// NewEnv starts the upstreams for k and closes them when tb ends.
-func NewEnv(tb testing.TB, k Knobs) *Env {
+// newBenchEnv starts the upstreams for k and closes them when tb ends.
+func newBenchEnv(tb testing.TB, k benchKnobs) *benchEnv {
 	tb.Helper()
 	if err := k.validate(); err != nil {
 		tb.Fatal(err)
 	}
-	return &Env{Knobs: k, Upstreams: fixtures.NewTalosUpstreams(tb, k.TalosVersion, k.upstreamOptions()...)}
+	return &benchEnv{benchKnobs: k, Upstreams: fixtures.NewTalosUpstreams(tb, k.TalosVersion, k.upstreamOptions()...)}
 }
 
 // CacheUpstreams are cachetest upstreams for the fixture registries.
-func (e *Env) CacheUpstreams() []cachetest.Upstream {
+func (e *benchEnv) CacheUpstreams() []cachetest.Upstream {
 	var out []cachetest.Upstream
 	for _, u := range e.Upstreams.All() {
 		out = append(out, cachetest.Upstream{Host: u.Host(), URL: u.URL()})
@@ -47,7 +47,7 @@ func (e *Env) CacheUpstreams() []cachetest.Upstream {
 }
 
 // NewCaches starts an empty cache set in front of the upstreams.
-func (e *Env) NewCaches(tb testing.TB, opts ...cachetest.Option) *cachetest.Set {
+func (e *benchEnv) NewCaches(tb testing.TB, opts ...cachetest.Option) *cachetest.Set {
 	tb.Helper()
 	return cachetest.New(tb, append([]cachetest.Option{cachetest.WithUpstreams(e.CacheUpstreams()...)}, opts...)...)
 }
@@ -55,7 +55,7 @@ func (e *Env) NewCaches(tb testing.TB, opts ...cachetest.Option) *cachetest.Set 
 // StartCaches starts an empty cache set in its own temporary directory, for
 // loops where a test's TempDir would keep every iteration's content until
 // the end; stop closes the set and removes the directory.
-func (e *Env) StartCaches(ctx context.Context, opts ...cachetest.Option) (set *cachetest.Set, stop func(), err error) {
+func (e *benchEnv) StartCaches(ctx context.Context, opts ...cachetest.Option) (set *cachetest.Set, stop func(), err error) {
 	dir, err := os.MkdirTemp("", "pullthrough-bench-")
 	if err != nil {
 		return nil, nil, err
@@ -72,8 +72,8 @@ func (e *Env) StartCaches(ctx context.Context, opts ...cachetest.Option) (set *c
 	return set, func() { set.Close(); os.RemoveAll(dir) }, err
 }
 
-// Result is one measured pull or boot.
-type Result struct {
+// result is one measured pull or boot.
+type result struct {
 	Seconds          float64
 	UpstreamBytes    int64
 	UpstreamRequests int64
@@ -87,33 +87,33 @@ type Result struct {
 
 // PullThrough pulls the node image set as a node would, through the caches
 // at their loopback endpoints, and counts what reached the upstreams.
-func (e *Env) PullThrough(ctx context.Context, set *cachetest.Set) (Result, error) {
+func (e *benchEnv) PullThrough(ctx context.Context, set *cachetest.Set) (result, error) {
 	mirrors, err := set.Mirrors("127.0.0.1")
 	if err != nil {
-		return Result{}, err
+		return result{}, err
 	}
 	return e.pull(ctx, mirrors)
 }
 
 // PullDirect pulls the same set straight from the upstreams, the baseline.
-func (e *Env) PullDirect(ctx context.Context) (Result, error) {
+func (e *benchEnv) PullDirect(ctx context.Context) (result, error) {
 	return e.pull(ctx, e.Upstreams.Mirrors())
 }
 
 // PullMirrors pulls the node image set through the given mirrors.
-func (e *Env) PullMirrors(ctx context.Context, mirrors map[string]string) (Result, error) {
+func (e *benchEnv) PullMirrors(ctx context.Context, mirrors map[string]string) (result, error) {
 	return e.pull(ctx, mirrors)
 }
 
-func (e *Env) pull(ctx context.Context, mirrors map[string]string) (Result, error) {
+func (e *benchEnv) pull(ctx context.Context, mirrors map[string]string) (result, error) {
 	node, err := e.node(mirrors)
 	if err != nil {
-		return Result{}, err
+		return result{}, err
 	}
 	before := e.Upstreams.Counts()
-	s := standin.Run(ctx, node, standin.Options{TalosVersion: e.Knobs.TalosVersion, Log: io.Discard})
+	s := standin.Run(ctx, node, standin.Options{TalosVersion: e.benchKnobs.TalosVersion, Log: io.Discard})
 	d := e.Upstreams.Counts().Sub(before)
-	r := Result{Seconds: s.Seconds, UpstreamBytes: d.BytesSent, UpstreamRequests: d.Requests(), UpstreamContentBytes: d.ContentBytes,
+	r := result{Seconds: s.Seconds, UpstreamBytes: d.BytesSent, UpstreamRequests: d.Requests(), UpstreamContentBytes: d.ContentBytes,
 		UpstreamManifestGETs: d.ManifestGET, Images: s.Images}
 	if len(s.Failures) > 0 {
 		return r, fmt.Errorf("pulling %s: %s", s.Failures[0].Ref, s.Failures[0].Error)
@@ -124,14 +124,14 @@ func (e *Env) pull(ctx context.Context, mirrors map[string]string) (Result, erro
 	return r, nil
 }
 
-func (e *Env) node(mirrors map[string]string) (*standin.Node, error) {
+func (e *benchEnv) node(mirrors map[string]string) (*standin.Node, error) {
 	key := fmt.Sprint(mirrors) // fmt sorts map keys
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if n, ok := e.nodes[key]; ok {
 		return n, nil
 	}
-	n, err := NodeFor(e.Knobs.TalosVersion, mirrors)
+	n, err := nodeFor(e.benchKnobs.TalosVersion, mirrors)
 	if err != nil {
 		return nil, err
 	}
@@ -142,9 +142,9 @@ func (e *Env) node(mirrors map[string]string) (*standin.Node, error) {
 	return n, nil
 }
 
-// NodeFor makes a control plane's machine config with these mirrors, with
+// nodeFor makes a control plane's machine config with these mirrors, with
 // Talos's generator, and loads it as the stand-in node does.
-func NodeFor(version string, mirrors map[string]string) (*standin.Node, error) {
+func nodeFor(version string, mirrors map[string]string) (*standin.Node, error) {
 	contract, err := config.ParseContractFromVersion(version)
 	if err != nil {
 		return nil, fmt.Errorf("talos version %q: %w", version, err)

@@ -1,4 +1,4 @@
-package benchmarks_test
+package benchmarks
 
 import (
 	"context"
@@ -8,7 +8,6 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/pullthrough/pullthrough/benchmarks"
 	"github.com/pullthrough/pullthrough/cachetest"
 	"github.com/pullthrough/pullthrough/fixtures"
 )
@@ -20,7 +19,7 @@ var baseline struct {
 	cold, direct float64
 }
 
-func report(b *testing.B, total benchmarks.Result, unit string) {
+func report(b *testing.B, total result, unit string) {
 	n := float64(b.N)
 	b.ReportMetric(total.Seconds/n, unit)
 	b.ReportMetric(float64(total.UpstreamBytes)/1e6/n, "upstream-MB/op")
@@ -28,7 +27,7 @@ func report(b *testing.B, total benchmarks.Result, unit string) {
 	b.ReportMetric(float64(total.UpstreamManifestGETs)/n, "upstream-manifest-GETs/op")
 }
 
-func add(a, r benchmarks.Result) benchmarks.Result {
+func add(a, r result) result {
 	a.Seconds += r.Seconds
 	a.UpstreamBytes += r.UpstreamBytes
 	a.UpstreamRequests += r.UpstreamRequests
@@ -37,12 +36,12 @@ func add(a, r benchmarks.Result) benchmarks.Result {
 }
 
 func BenchmarkPull(b *testing.B) {
-	env := benchmarks.NewEnv(b, knobs)
+	env := newBenchEnv(b, knobs)
 	b.Logf("%s, %.1f MB per pull", knobs, float64(env.Upstreams.PullSize())/1e6)
 	ctx := context.Background()
 
 	b.Run("direct", func(b *testing.B) {
-		var total benchmarks.Result
+		var total result
 		for range b.N {
 			r, err := env.PullDirect(ctx)
 			if err != nil {
@@ -57,7 +56,7 @@ func BenchmarkPull(b *testing.B) {
 	})
 
 	b.Run("cold", func(b *testing.B) {
-		var total benchmarks.Result
+		var total result
 		for range b.N {
 			b.StopTimer()
 			set, stop, err := env.StartCaches(ctx) // empty storage every iteration
@@ -89,7 +88,7 @@ func BenchmarkPull(b *testing.B) {
 		}
 		cold, direct := baselines(b, env, fill)
 		b.StartTimer()
-		var total benchmarks.Result
+		var total result
 		for range b.N {
 			r, err := env.PullThrough(ctx, set)
 			if err != nil {
@@ -106,7 +105,7 @@ func BenchmarkPull(b *testing.B) {
 
 // baselines returns cold and direct pull times of this process, measuring
 // what the cold and direct sub-benchmarks did not.
-func baselines(b *testing.B, env *benchmarks.Env, fill benchmarks.Result) (cold, direct float64) {
+func baselines(b *testing.B, env *benchEnv, fill result) (cold, direct float64) {
 	baseline.Lock()
 	defer baseline.Unlock()
 	cold, direct = baseline.cold, baseline.direct
@@ -128,10 +127,10 @@ func baselines(b *testing.B, env *benchmarks.Env, fill benchmarks.Result) (cold,
 // for distribution's proxy alone (each in-flight blob refetched per
 // client), 1.00 when each blob is fetched once.
 func BenchmarkConcurrentColdPull(b *testing.B) {
-	env := benchmarks.NewEnv(b, knobs)
+	env := newBenchEnv(b, knobs)
 	ctx := context.Background()
 	const clients = 3
-	var total benchmarks.Result
+	var total result
 	var upstreamBytes, contentBytes int64
 	var elapsed time.Duration
 	// One client alone on a cold cache, timed the same way, for comparison.
@@ -192,7 +191,7 @@ func BenchmarkWarmPullUpstreamDown(b *testing.B) {
 	for _, kind := range []fixtures.FaultKind{fixtures.FaultHang, fixtures.FaultRefuse} {
 		name := map[fixtures.FaultKind]string{fixtures.FaultHang: "hung", fixtures.FaultRefuse: "refused"}[kind]
 		b.Run(name, func(b *testing.B) {
-			env := benchmarks.NewEnv(b, knobs)
+			env := newBenchEnv(b, knobs)
 			ctx := context.Background()
 			set := env.NewCaches(b, cachetest.WithTagTTL(-1)) // revalidate every pull
 			if _, err := env.PullThrough(ctx, set); err != nil {
@@ -207,7 +206,7 @@ func BenchmarkWarmPullUpstreamDown(b *testing.B) {
 			}
 			b.Cleanup(func() { env.Upstreams.SetFault(fixtures.Fault{}) })
 			b.ResetTimer()
-			var total benchmarks.Result
+			var total result
 			for range b.N {
 				r, err := env.PullThrough(ctx, set)
 				if err != nil {

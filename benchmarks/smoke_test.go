@@ -1,4 +1,4 @@
-package benchmarks_test
+package benchmarks
 
 import (
 	"context"
@@ -10,20 +10,19 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/pullthrough/pullthrough/benchmarks"
 	"github.com/pullthrough/pullthrough/provisioners"
 )
 
 // The smoke tests run each benchmark body once at a tiny scale, so that
 // `go test ./...` catches breakage without timing anything.
-func tinyKnobs() benchmarks.Knobs {
-	k := benchmarks.DefaultKnobs()
+func tinyKnobs() benchKnobs {
+	k := defaultKnobs()
 	k.Mbits, k.Latency, k.Scale = 0, 0, 0.001
 	return k
 }
 
 func TestPullBodiesSmoke(t *testing.T) {
-	env := benchmarks.NewEnv(t, tinyKnobs())
+	env := newBenchEnv(t, tinyKnobs())
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	direct, err := env.PullDirect(ctx)
@@ -43,7 +42,7 @@ func TestPullBodiesSmoke(t *testing.T) {
 }
 
 func TestBootBodySmoke(t *testing.T) {
-	env := benchmarks.NewEnv(t, tinyKnobs())
+	env := newBenchEnv(t, tinyKnobs())
 	image := env.NodeImage(t, tbWriter{t}) // skips without Docker, fails under CI=true
 	set := env.NewCaches(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
