@@ -62,7 +62,7 @@ func Example() {
 	flags, _ := set.MirrorFlags("127.0.0.1")
 	fmt.Println(strings.Replace(flags[0], ghcr.Addr(), "127.0.0.1:PORT", 1))
 	// Output:
-	// cold: same digest true, hits 0, misses 3, upstream requests 3
+	// cold: same digest true, hits 0, misses 3, upstream requests 4
 	// warm: same digest true, hits 3, misses 0, upstream requests 0
 	// ghcr.io=http://127.0.0.1:PORT
 }

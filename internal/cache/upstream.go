@@ -50,6 +50,13 @@ type endpoint struct {
 	backoff   atomic.Int64
 	requests  atomic.Int64
 	bytes     atomic.Int64
+
+	// challenge is the endpoint's bearer challenge, learnt from its /v2/
+	// (or any 401): with it, a token for a new repository is fetched before
+	// the first request, not after a 401 that registries count as a pull.
+	mu        sync.Mutex
+	pinged    bool
+	challenge map[string]string // nil: no bearer auth here
 }
 
 func newEndpoint(u *url.URL) *endpoint {
@@ -204,6 +211,15 @@ func (u *upstream) doOne(ctx context.Context, ep *endpoint, last bool, method, r
 	target := *ep.remote
 	target.Path = "/v2/" + name + "/" + rest
 	scope := "repository:" + name + ":pull"
+	params, err := u.challengeFor(ctx, ep, last)
+	if err != nil {
+		return nil, err
+	}
+	if params != nil && !u.hasToken(ep, scope) {
+		if err := u.fetchToken(ctx, ep, last, params, scope); err != nil {
+			return nil, err
+		}
+	}
 	for attempt := 0; ; attempt++ {
 		reqCtx, cancel := context.WithCancel(ctx)
 		var timer *time.Timer
@@ -243,6 +259,9 @@ func (u *upstream) doOne(ctx context.Context, ep *endpoint, last bool, method, r
 		switch {
 		case scheme == "bearer" && params["realm"] != "":
 			drain(resp.Body)
+			ep.mu.Lock()
+			ep.pinged, ep.challenge = true, params
+			ep.mu.Unlock()
 			if err := u.fetchToken(ctx, ep, last, params, scope); err != nil {
 				return nil, err
 			}
@@ -255,6 +274,51 @@ func (u *upstream) doOne(ctx context.Context, ep *endpoint, last bool, method, r
 			return resp, nil
 		}
 	}
+}
+
+// challengeFor returns the endpoint's bearer challenge, pinging /v2/ once to
+// learn it, as registry clients do. An endpoint that cannot be reached is
+// that error, at once: the request would only wait for it again.
+func (u *upstream) challengeFor(ctx context.Context, ep *endpoint, last bool) (map[string]string, error) {
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	if ep.pinged {
+		return ep.challenge, nil
+	}
+	ping := *ep.remote
+	ping.Path = "/v2/"
+	pctx, cancel := context.WithTimeout(ctx, u.header)
+	defer cancel()
+	if !last && u.tier > 0 {
+		pctx, cancel = context.WithTimeout(pctx, u.tier)
+		defer cancel()
+	}
+	req, err := http.NewRequestWithContext(pctx, http.MethodGet, ping.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("User-Agent", "pullthrough")
+	ep.requests.Add(1)
+	resp, err := u.client.Do(req)
+	if err != nil {
+		return nil, u.transportError(ctx, ep, err)
+	}
+	resp.Body = &endpointBody{ReadCloser: resp.Body, ep: ep, cancel: func() {}}
+	drain(resp.Body)
+	ep.pinged = true
+	if resp.StatusCode == http.StatusUnauthorized {
+		if scheme, params := parseChallenge(resp.Header.Get("Www-Authenticate")); scheme == "bearer" && params["realm"] != "" {
+			ep.challenge = params
+		}
+	}
+	return ep.challenge, nil
+}
+
+func (u *upstream) hasToken(ep *endpoint, scope string) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	b, ok := u.tokens[ep.label+" "+scope]
+	return ok && (b.token == "" || time.Now().Before(b.expires))
 }
 
 // endpointBody counts the bytes an endpoint served and ends the request's
