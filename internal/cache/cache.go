@@ -181,6 +181,7 @@ func New(ctx context.Context, cfg Config) (*Cache, error) {
 		fills:    map[digest.Digest]*fill{},
 	}
 	c.sweep()
+	c.dropOldLayout()
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
@@ -196,6 +197,21 @@ func New(ctx context.Context, cfg Config) (*Cache, error) {
 		}
 	}()
 	return c, nil
+}
+
+// dropOldLayout removes what an earlier pullthrough stored in
+// distribution's layout (docker/registry/v2), which this engine neither
+// reads nor cleans otherwise: cached content only, fetched again on demand.
+func (c *Cache) dropOldLayout() {
+	old := filepath.Join(c.cfg.StorageDir, "docker", "registry", "v2")
+	if _, err := os.Stat(old); err != nil {
+		return
+	}
+	if err := os.RemoveAll(filepath.Join(c.cfg.StorageDir, "docker")); err != nil {
+		c.log.Warn("removing the previous storage layout", "dir", old, "error", err)
+		return
+	}
+	c.log.Info("removed content stored in the previous layout (distribution's); it is fetched again when asked for", "dir", old)
 }
 
 func (c *Cache) sweep() {
