@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -199,12 +200,16 @@ func New(ctx context.Context, cfg Config) (*Cache, error) {
 	return c, nil
 }
 
+var cacheDirRE = regexp.MustCompile(`^[a-z0-9._-]+-[0-9a-f]{8}$`)
+
 // dropOldLayout removes what an earlier pullthrough stored in
 // distribution's layout (docker/registry/v2), which this engine neither
 // reads nor cleans otherwise: cached content only, fetched again on demand.
 func (c *Cache) dropOldLayout() {
 	old := filepath.Join(c.cfg.StorageDir, "docker", "registry", "v2")
-	if _, err := os.Stat(old); err != nil {
+	if _, err := os.Stat(old); err != nil || !cacheDirRE.MatchString(filepath.Base(c.cfg.StorageDir)) {
+		// Only in a directory cachetest named (<host>-<8 hex digits>):
+		// never in a registry's own data directory given by hand.
 		return
 	}
 	if err := os.RemoveAll(filepath.Join(c.cfg.StorageDir, "docker")); err != nil {
