@@ -1,7 +1,11 @@
 package cache
 
 import (
+	"context"
 	"net/netip"
+	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -73,5 +77,21 @@ func TestRouteCheck(t *testing.T) {
 		code, _, ok := c.r.check()
 		assert.Equal(t, c.code, code, c.r.name[:min(len(c.r.name), 20)]+" "+c.r.ref)
 		assert.Equal(t, c.code == "", ok)
+	}
+}
+
+func TestOldLayoutDroppedOnlyInCachetestDirs(t *testing.T) {
+	remote, _ := url.Parse("http://127.0.0.1:1")
+	for dir, dropped := range map[string]bool{"registry.k8s.io-0a1b2c3d": true, "var-lib-registry": false} {
+		root := filepath.Join(t.TempDir(), dir)
+		old := filepath.Join(root, "docker", "registry", "v2", "blobs")
+		assert.NoError(t, os.MkdirAll(old, 0o755))
+		c, err := New(context.Background(), Config{Host: "r.test", Remote: remote, StorageDir: root})
+		if !assert.NoError(t, err) {
+			continue
+		}
+		c.Close()
+		_, statErr := os.Stat(old)
+		assert.Equal(t, dropped, os.IsNotExist(statErr), dir)
 	}
 }
