@@ -14,12 +14,20 @@ type Mode int
 
 const (
 	// Online revalidates a tag with upstream once its TTL has passed.
-	Online Mode = Mode(cache.ModeOnline)
+	Online Mode = iota
 	// Offline serves cached tags without asking upstream; what is missing is
 	// still fetched.
-	Offline Mode = Mode(cache.ModeOffline)
+	Offline
 	// Strict never asks upstream: anything not cached fails with its name.
-	Strict Mode = Mode(cache.ModeStrict)
+	Strict
+)
+
+// The engine's modes are the same numbers: Mode converts to cache.Mode.
+// A difference fails to compile: the index is out of range.
+var (
+	_ = [1]struct{}{}[Online-Mode(cache.ModeOnline)]
+	_ = [1]struct{}{}[Offline-Mode(cache.ModeOffline)]
+	_ = [1]struct{}{}[Strict-Mode(cache.ModeStrict)]
 )
 
 // Option changes how Start, New and Main set caches up. Order does not matter,
