@@ -215,6 +215,7 @@ func TestTruncatedBlobOnDiskIsFetchedAgain(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, d.String(), got, "a truncated blob was served")
 	assert.EqualValues(t, 1, up.blobGETs.Load(), "the truncated blob is fetched again")
+	waitStored(t, c, d) // the client has every byte before the rename
 	st, err := os.Stat(blobPath(c, d.Hex))
 	require.NoError(t, err)
 	size, _ := layers[0].Size()
