@@ -27,11 +27,7 @@ air-gapped registry.`,
 			if dir == "" {
 				return usagef("--oci DIR is required")
 			}
-			imgs, err := l.refs(cmd, args)
-			if err != nil {
-				return err
-			}
-			set, err := startFor(cmd.Context(), &f, imgs, cachetest.Strict, cmd)
+			set, imgs, err := listCaches(cmd, &f, &l, args, cachetest.Strict)
 			if err != nil {
 				return err
 			}

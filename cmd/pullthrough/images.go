@@ -109,6 +109,17 @@ func (l *listFlags) refs(cmd *cobra.Command, args []string) ([]image, error) {
 	return out, nil
 }
 
+// listCaches reads the list a command was given and starts caches for it
+// (see startFor); the caller closes the set.
+func listCaches(cmd *cobra.Command, f *cacheFlags, l *listFlags, args []string, mode cachetest.Mode) (*cachetest.Set, []image, error) {
+	imgs, err := l.refs(cmd, args)
+	if err != nil {
+		return nil, nil, err
+	}
+	set, err := startFor(cmd.Context(), f, imgs, mode, cmd)
+	return set, imgs, err
+}
+
 // startFor starts caches on loopback, on OS-chosen ports, over the storage
 // root, for the upstreams the list needs. Fills are shared with any other
 // pullthrough process on the same storage, so this is safe beside `up`.
@@ -268,11 +279,7 @@ func newPrefetch() *cobra.Command {
 caches' storage: manifests, config and every layer. Interrupted and run again, it continues
 with what is missing; a layer that was cut off is never stored or served.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			imgs, err := l.refs(cmd, args)
-			if err != nil {
-				return err
-			}
-			set, err := startFor(cmd.Context(), &f, imgs, cachetest.Online, cmd)
+			set, imgs, err := listCaches(cmd, &f, &l, args, cachetest.Online)
 			if err != nil {
 				return err
 			}
@@ -307,11 +314,7 @@ func newVerify() *cobra.Command {
 serve it (nothing is asked of any upstream): the index, the platform manifest, the config and
 every layer, each digest checked. It lists what is missing and exits 3 if anything is.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			imgs, err := l.refs(cmd, args)
-			if err != nil {
-				return err
-			}
-			set, err := startFor(cmd.Context(), &f, imgs, cachetest.Strict, cmd)
+			set, imgs, err := listCaches(cmd, &f, &l, args, cachetest.Strict)
 			if err != nil {
 				return err
 			}
