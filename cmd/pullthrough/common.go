@@ -117,13 +117,13 @@ func (f *cacheFlags) logger(cmd *cobra.Command) *slog.Logger {
 
 // running is a cache found answering on a port of this host.
 type running struct {
-	Host     string      `json:"host"`
-	Addr     string      `json:"addr"`
-	Port     int         `json:"port"`
-	Mode     string      `json:"mode"`
-	Storage  string      `json:"storage"`
-	Stats    cache.Stats `json:"stats"`
-	DiskUsed int64       `json:"disk_used_bytes"`
+	Host     string          `json:"host"`
+	Addr     string          `json:"addr"`
+	Port     int             `json:"port"`
+	Mode     string          `json:"mode"`
+	Storage  string          `json:"storage"`
+	Stats    cachetest.Stats `json:"stats"`
+	DiskUsed int64           `json:"disk_used_bytes"`
 }
 
 // discover asks each upstream's port on loopback whether a pullthrough cache
@@ -141,7 +141,7 @@ func discover(ctx context.Context, ups []cachetest.Upstream) []running {
 		if err != nil {
 			continue
 		}
-		var st cache.Stats
+		var st cachetest.Stats
 		err = json.NewDecoder(resp.Body).Decode(&st)
 		resp.Body.Close()
 		if err != nil || resp.StatusCode != http.StatusOK || resp.Header.Get(cache.HeaderUpstream) != u.Host {

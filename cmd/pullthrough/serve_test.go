@@ -242,3 +242,23 @@ func TestServeKeepsServingWithRedisDown(t *testing.T) {
 	require.NoError(t, err, "a pull with Redis down")
 	assert.Equal(t, d2.String(), got)
 }
+
+// A download that fails at the origin gives its claim up at once: another
+// instance asking for the same blob gets the origin's answer, not a wait for
+// the claim to expire.
+func TestServeFailedFetchReleasesItsClaim(t *testing.T) {
+	redis, s3srv := fleettest.Redis(t), fleettest.S3(t)
+	o := newOrigin(t)
+	o.push(t, "app:v1", 1024, 85)
+	a := startServe(t, o, redis.Addr, s3srv.Addr, "10s")
+	b := startServe(t, o, redis.Addr, s3srv.Addr, "10s")
+	missing := "sha256:" + strings.Repeat("0", 64)
+	for _, in := range []*instance{a, b} {
+		start := time.Now()
+		resp, err := http.Get("http://" + in.addr + "/v2/app/blobs/" + missing)
+		require.NoError(t, err)
+		resp.Body.Close()
+		assert.Equal(t, http.StatusNotFound, resp.StatusCode)
+		assert.Less(t, time.Since(start), 5*time.Second, "a second instance waited on a dead claim")
+	}
+}

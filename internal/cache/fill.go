@@ -186,21 +186,22 @@ func (f *fill) download(lock *fileLock) (err error) {
 	defer cancel(nil)
 	stall := time.AfterFunc(c.cfg.StallTimeout, func() { cancel(errStalled) })
 	defer stall.Stop()
-	body, size, fromFleet, err := f.open(ctx)
-	if err != nil {
-		return err
-	}
-	defer func() { drain(body) }()
-	claimedDone := f.claimed
-	if f.claimed {
-		defer func() {
+	// A fleet claim taken by open, now or on a resume, ends with the
+	// download, whichever way it ends: the blob to share, or nothing.
+	defer func() {
+		if f.claimed {
 			path := ""
 			if err == nil {
 				path = s.blobPath(f.dgst)
 			}
 			c.cfg.Fleet.Done(context.WithoutCancel(c.ctx), f.dgst, path)
-		}()
+		}
+	}()
+	body, size, fromFleet, err := f.open(ctx)
+	if err != nil {
+		return err
 	}
+	defer func() { drain(body) }()
 	if free, ok := freeBytes(s.root); ok && size > free {
 		return fmt.Errorf("%w: blob %s needs %d bytes, %d are free in %s", ErrDiskFull, f.dgst, size, free, s.root)
 	}
@@ -239,16 +240,6 @@ func (f *fill) download(lock *fileLock) (err error) {
 				return oerr
 			}
 			body, fromFleet = nb, nf
-			if f.claimed && !claimedDone {
-				claimedDone = true
-				defer func() {
-					path := ""
-					if err == nil {
-						path = s.blobPath(f.dgst)
-					}
-					c.cfg.Fleet.Done(context.WithoutCancel(c.ctx), f.dgst, path)
-				}()
-			}
 			if (size >= 0 && nsize >= 0 && nsize != size) || !samePrefixFrom(body, r, n) {
 				return fmt.Errorf("blob %s: the next source does not match what was already received: not stored", f.dgst)
 			}

@@ -27,34 +27,6 @@ type Stats struct {
 	ServedBytes int64 `json:"served_bytes"`
 }
 
-// Add returns s plus o, field by field.
-func (s Stats) Add(o Stats) Stats {
-	return Stats{
-		Requests:         s.Requests + o.Requests,
-		Hits:             s.Hits + o.Hits,
-		Misses:           s.Misses + o.Misses,
-		Coalesced:        s.Coalesced + o.Coalesced,
-		NotCached:        s.NotCached + o.NotCached,
-		UpstreamRequests: s.UpstreamRequests + o.UpstreamRequests,
-		UpstreamBytes:    s.UpstreamBytes + o.UpstreamBytes,
-		ServedBytes:      s.ServedBytes + o.ServedBytes,
-	}
-}
-
-// Sub returns s minus base, field by field.
-func (s Stats) Sub(base Stats) Stats {
-	return Stats{
-		Requests:         s.Requests - base.Requests,
-		Hits:             s.Hits - base.Hits,
-		Misses:           s.Misses - base.Misses,
-		Coalesced:        s.Coalesced - base.Coalesced,
-		NotCached:        s.NotCached - base.NotCached,
-		UpstreamRequests: s.UpstreamRequests - base.UpstreamRequests,
-		UpstreamBytes:    s.UpstreamBytes - base.UpstreamBytes,
-		ServedBytes:      s.ServedBytes - base.ServedBytes,
-	}
-}
-
 type counters struct {
 	requests, hits, misses, coalesced, notCached atomic.Int64
 	upstreamRequests, upstreamBytes, servedBytes atomic.Int64
