@@ -3,8 +3,7 @@ package benchmarks
 import (
 	"context"
 	"errors"
-	"fmt"
-	"io"
+	"log/slog"
 	"os"
 	"testing"
 	"time"
@@ -17,7 +16,7 @@ import (
 
 // NodeImage is the docker node image boots use: $PULLTHROUGH_TALOS_IMAGE if
 // set (a real Talos), else the stand-in, built here when missing.
-func (e *benchEnv) NodeImage(tb testing.TB, log io.Writer) string {
+func (e *benchEnv) NodeImage(tb testing.TB, log *slog.Logger) string {
 	tb.Helper()
 	if img := os.Getenv(provisioners.EnvTalosImage); img != "" {
 		return img
@@ -34,10 +33,10 @@ func (e *benchEnv) NodeImage(tb testing.TB, log io.Writer) string {
 
 // Boot creates a docker cluster whose nodes pull through set, waits until it
 // is ready, and destroys it. Seconds is the time from Create to ready.
-func (e *benchEnv) Boot(ctx context.Context, set *cachetest.Set, spec provisioners.Spec, log io.Writer) (r result, err error) {
-	before := e.Upstreams.Counts()
+func (e *benchEnv) Boot(ctx context.Context, set *cachetest.Set, spec provisioners.Spec, log *slog.Logger) (r result, err error) {
+	before := e.Upstreams.Total()
 	start := time.Now()
-	opts := []provisioners.Option{provisioners.WithCaches(set), provisioners.WithLogWriter(log)}
+	opts := []provisioners.Option{provisioners.WithCaches(set), provisioners.WithLogger(log)}
 	if fixtures.IsStandinImage(spec.Image) || (spec.Provisioner == provisioners.Qemu && os.Getenv("PULLTHROUGH_TALOS_KERNEL") == "") {
 		opts = append(opts, provisioners.WithReadiness(fixtures.StandinReady()))
 	}
@@ -56,8 +55,10 @@ func (e *benchEnv) Boot(ctx context.Context, set *cachetest.Set, spec provisione
 		return result{}, err
 	}
 	r = result{Seconds: time.Since(start).Seconds()}
-	d := e.Upstreams.Counts().Sub(before)
+	d := e.Upstreams.Total().Sub(before)
 	r.UpstreamBytes, r.UpstreamRequests, r.UpstreamContentBytes, r.UpstreamManifestGETs = d.BytesSent, d.Requests(), d.ContentBytes, d.ManifestGET
-	fmt.Fprintf(log, "boot %s: %s\n", spec.Name, c.Timings())
+	if log != nil {
+		log.Info("booted", "cluster", spec.Name, "timings", c.Timings().String())
+	}
 	return r, nil
 }

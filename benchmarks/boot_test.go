@@ -3,8 +3,9 @@ package benchmarks
 import (
 	"context"
 	"fmt"
-	"io"
+	"log/slog"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/pullthrough/pullthrough/cachetest"
@@ -18,16 +19,22 @@ func BenchmarkBoot(b *testing.B) {
 	b.Run("qemu", func(b *testing.B) { benchBootQemu(b, env) })
 }
 
-func benchLog(b *testing.B) io.Writer {
+func benchLog(b *testing.B) *slog.Logger {
 	if testing.Verbose() {
-		return tbWriter{b}
+		return tbLogger(b)
 	}
-	return io.Discard
+	return nil
 }
+
+// tbLogger logs to tb.Log, a record a call.
+func tbLogger(tb testing.TB) *slog.Logger { return slog.New(slog.NewTextHandler(tbWriter{tb}, nil)) }
 
 type tbWriter struct{ tb testing.TB }
 
-func (w tbWriter) Write(p []byte) (int, error) { w.tb.Log(string(p)); return len(p), nil }
+func (w tbWriter) Write(p []byte) (int, error) {
+	w.tb.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}
 
 func bootSpec(b *testing.B, image string, i int) provisioners.Spec {
 	return provisioners.Spec{

@@ -125,7 +125,7 @@ func BenchmarkConcurrentColdPullProcesses(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		before := env.Upstreams.Counts()
+		before := env.Upstreams.Total()
 		b.StartTimer()
 		start := time.Now()
 		var g errgroup.Group
@@ -137,7 +137,7 @@ func BenchmarkConcurrentColdPullProcesses(b *testing.B) {
 		}
 		elapsed += time.Since(start)
 		b.StopTimer()
-		d := env.Upstreams.Counts().Sub(before)
+		d := env.Upstreams.Total().Sub(before)
 		upstreamBytes += d.BytesSent
 		contentBytes += d.ContentBytes
 		manifestGETs += d.ManifestGET

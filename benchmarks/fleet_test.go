@@ -19,7 +19,7 @@ import (
 // cache per upstream sharing the bucket and Redis, under key prefix run.
 func startTier(b *testing.B, env *benchEnv, redis, s3 string, run string) map[string]string {
 	mirrors := map[string]string{}
-	for _, u := range env.Upstreams.All() {
+	for _, u := range env.Upstreams.Upstreams() {
 		remote, _ := url.Parse(u.URL())
 		srv := httptest.NewUnstartedServer(nil)
 		fl, err := fleet.New(context.Background(), fleet.Config{
@@ -76,7 +76,7 @@ func BenchmarkFleetColdPull(b *testing.B) {
 			_ = j
 			tier = append(tier, m)
 		}
-		before := env.Upstreams.Counts()
+		before := env.Upstreams.Total()
 		b.StartTimer()
 		start := time.Now()
 		var g errgroup.Group
@@ -88,7 +88,7 @@ func BenchmarkFleetColdPull(b *testing.B) {
 		}
 		elapsed += time.Since(start)
 		b.StopTimer()
-		d := env.Upstreams.Counts().Sub(before)
+		d := env.Upstreams.Total().Sub(before)
 		upstreamBytes += d.BytesSent
 		contentBytes += d.ContentBytes
 		manifestGETs += d.ManifestGET

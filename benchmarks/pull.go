@@ -40,7 +40,7 @@ func newBenchEnv(tb testing.TB, k benchKnobs) *benchEnv {
 // CacheUpstreams are cachetest upstreams for the fixture registries.
 func (e *benchEnv) CacheUpstreams() []cachetest.Upstream {
 	var out []cachetest.Upstream
-	for _, u := range e.Upstreams.All() {
+	for _, u := range e.Upstreams.Upstreams() {
 		out = append(out, cachetest.Upstream{Host: u.Host(), URL: u.URL()})
 	}
 	return out
@@ -110,9 +110,9 @@ func (e *benchEnv) pull(ctx context.Context, mirrors map[string]string) (result,
 	if err != nil {
 		return result{}, err
 	}
-	before := e.Upstreams.Counts()
+	before := e.Upstreams.Total()
 	s := standin.Run(ctx, node, standin.Options{TalosVersion: e.benchKnobs.TalosVersion, Log: io.Discard})
-	d := e.Upstreams.Counts().Sub(before)
+	d := e.Upstreams.Total().Sub(before)
 	r := result{Seconds: s.Seconds, UpstreamBytes: d.BytesSent, UpstreamRequests: d.Requests(), UpstreamContentBytes: d.ContentBytes,
 		UpstreamManifestGETs: d.ManifestGET, Images: s.Images}
 	if len(s.Failures) > 0 {

@@ -152,7 +152,7 @@ func BenchmarkConcurrentColdPull(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		before := env.Upstreams.Counts()
+		before := env.Upstreams.Total()
 		b.StartTimer()
 		start := time.Now()
 		var g errgroup.Group
@@ -164,7 +164,7 @@ func BenchmarkConcurrentColdPull(b *testing.B) {
 		}
 		elapsed += time.Since(start)
 		b.StopTimer()
-		d := env.Upstreams.Counts().Sub(before)
+		d := env.Upstreams.Total().Sub(before)
 		upstreamBytes += d.BytesSent
 		contentBytes += d.ContentBytes
 		total.UpstreamRequests += d.Requests()

@@ -43,18 +43,18 @@ func TestPullBodiesSmoke(t *testing.T) {
 
 func TestBootBodySmoke(t *testing.T) {
 	env := newBenchEnv(t, tinyKnobs())
-	image := env.NodeImage(t, tbWriter{t}) // skips without Docker, fails under CI=true
+	image := env.NodeImage(t, tbLogger(t)) // skips without Docker, fails under CI=true
 	set := env.NewCaches(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	spec := bootSpecT(t, image)
-	cold, err := env.Boot(ctx, set, spec, tbWriter{t})
+	cold, err := env.Boot(ctx, set, spec, tbLogger(t))
 	require.NoError(t, err)
 	assert.Equal(t, 2*env.Upstreams.PullSize(), set.Total().ServedBytes, "two nodes pulled the set through the caches")
 	assert.Equal(t, env.Upstreams.UniquePullSize(), cold.UpstreamContentBytes, "each blob fetched once for two nodes")
 	assert.Equal(t, cold.UpstreamBytes, set.Total().UpstreamBytes, "cache and upstream counters agree")
 	spec.Name += "-warm"
-	warm, err := env.Boot(ctx, set, spec, tbWriter{t})
+	warm, err := env.Boot(ctx, set, spec, tbLogger(t))
 	require.NoError(t, err)
 	assert.Zero(t, warm.UpstreamRequests, "a warm boot asked upstream")
 }

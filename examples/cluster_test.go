@@ -20,7 +20,7 @@ func TestMain(m *testing.M) {
 	// Offline, fixtures' registries stand in for registry.k8s.io and ghcr.io;
 	// with internet, leave WithUpstreams out and the caches front the real ones.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	ups, err := fixtures.StartTalosUpstreams(ctx, fixtures.TalosVersion(), fixtures.WithScale(0.01), fixtures.Unthrottled())
+	ups, err := fixtures.StartTalosUpstreams(ctx, provisioners.DefaultTalosVersion, fixtures.WithScale(0.01), fixtures.Unthrottled())
 	cancel()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

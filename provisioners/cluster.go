@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
@@ -14,6 +15,7 @@ import (
 	"github.com/siderolabs/talos/pkg/provision"
 
 	"github.com/pullthrough/pullthrough/internal/dockerenv"
+	"github.com/pullthrough/pullthrough/internal/slogw"
 )
 
 // ErrDockerUnavailable means no Docker daemon answers.
@@ -62,32 +64,30 @@ func Create(ctx context.Context, spec Spec, opts ...Option) (*Cluster, error) {
 
 // create is Create after the spec is prepared and the preflight passed.
 func create(ctx context.Context, spec Spec, o *settings) (*Cluster, error) {
-	if o.log == nil {
-		o.log = io.Discard
-	}
+	log := slogw.New(o.logger, slog.LevelInfo, slog.String("cluster", spec.Name))
 	start := time.Now()
 	plan, err := configure(ctx, spec, o)
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{plan: plan, log: o.log, readiness: o.readiness}
+	c := &Cluster{plan: plan, log: log, readiness: o.readiness}
 	c.timings.Config = time.Since(start)
 	if c.readiness == nil {
 		c.readiness = defaultReadiness(plan.Spec)
 	}
-	if err := removeLeftovers(ctx, plan, o.log); err != nil {
+	if err := removeLeftovers(ctx, plan, log); err != nil {
 		plan.close()
 		return nil, err
 	}
 
 	start = time.Now()
 	req := plan.Configs.ClusterRequest
-	popts := append(append([]provision.Option{}, plan.Configs.ProvisionOptions...), provision.WithLogWriter(o.log))
+	popts := append(append([]provision.Option{}, plan.Configs.ProvisionOptions...), provision.WithLogWriter(log))
 	c.cluster, err = plan.prov.Create(ctx, req, popts...)
 	c.timings.Create = time.Since(start)
 	if err != nil {
 		// Whatever the provisioner made before failing goes too.
-		if rerr := removeLeftovers(context.WithoutCancel(ctx), plan, o.log); rerr != nil {
+		if rerr := removeLeftovers(context.WithoutCancel(ctx), plan, log); rerr != nil {
 			err = errors.Join(err, rerr)
 		}
 		plan.close()

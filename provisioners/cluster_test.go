@@ -4,16 +4,18 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
-	"github.com/google/go-containerregistry/pkg/name"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"io"
+	"log/slog"
 	"os"
 	"sort"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/moby/moby/client"
 	"github.com/siderolabs/talos/pkg/machinery/config/configloader"
@@ -38,6 +40,8 @@ func (l *logBuffer) Write(p []byte) (int, error) {
 	return l.b.Write(p)
 }
 
+func (l *logBuffer) logger() *slog.Logger { return slog.New(slog.NewTextHandler(l, nil)) }
+
 func (l *logBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -56,7 +60,7 @@ func newStandinWorld(t *testing.T) standinWorld {
 	cli := dockerenv.Require(t)
 	ups := fixtures.NewTalosUpstreams(t, provisioners.DefaultTalosVersion, fixtures.WithScale(0.002), fixtures.Unthrottled())
 	var cu []cachetest.Upstream
-	for _, u := range ups.All() {
+	for _, u := range ups.Upstreams() {
 		cu = append(cu, cachetest.Upstream{Host: u.Host(), URL: u.URL()})
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
@@ -82,7 +86,7 @@ func TestDockerClusterOfStandinsPullsThroughTheCaches(t *testing.T) {
 	var log logBuffer
 	spec := clusterSpec(t, "pull", w.image, 0)
 	ready := fixtures.StandinReady()
-	c := provisioners.New(t, spec, provisioners.WithCaches(w.caches), provisioners.WithLogWriter(&log), provisioners.WithReadiness(ready))
+	c := provisioners.New(t, spec, provisioners.WithCaches(w.caches), provisioners.WithLogger(log.logger()), provisioners.WithReadiness(ready))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	require.NoError(t, c.Wait(ctx), "provisioner log:\n%s", log.String())
@@ -101,7 +105,7 @@ func TestDockerClusterOfStandinsPullsThroughTheCaches(t *testing.T) {
 	assert.Equal(t, nodeBytes, total.ServedBytes, "what nodes received is what the caches served")
 	assert.Equal(t, nodeRequests, total.Requests)
 	// Two nodes booting at once on cold caches: each blob went upstream once.
-	up := w.upstreams.Counts()
+	up := w.upstreams.Total()
 	assert.Equal(t, w.upstreams.UniquePullSize(), up.ContentBytes, "each blob once, shared layers once")
 	assert.Equal(t, up.BytesSent, total.UpstreamBytes, "cache and upstream counters agree")
 	assert.Equal(t, up.Requests(), total.UpstreamRequests, "cache and upstream counters agree")
@@ -185,7 +189,7 @@ func TestLeftoversOfACrashedRunAreRemoved(t *testing.T) {
 	})
 
 	var log logBuffer
-	second := provisioners.New(t, spec, provisioners.WithCaches(w.caches), provisioners.WithLogWriter(&log), provisioners.WithReadiness(fixtures.StandinReady()))
+	second := provisioners.New(t, spec, provisioners.WithCaches(w.caches), provisioners.WithLogger(log.logger()), provisioners.WithReadiness(fixtures.StandinReady()))
 	assert.Contains(t, log.String(), "left by an earlier run")
 	require.NoError(t, second.Wait(ctx), log.String())
 	require.NoError(t, second.Destroy(ctx))
@@ -208,7 +212,7 @@ func TestStrictBootWithAnImageMissingNamesIt(t *testing.T) {
 	w := newStandinWorld(t)
 	storage := t.TempDir()
 	var cu []cachetest.Upstream
-	for _, u := range w.upstreams.All() {
+	for _, u := range w.upstreams.Upstreams() {
 		cu = append(cu, cachetest.Upstream{Host: u.Host(), URL: u.URL()})
 	}
 	// Fill the storage with every image but one, through online caches.
@@ -225,9 +229,9 @@ func TestStrictBootWithAnImageMissingNamesIt(t *testing.T) {
 	require.NoError(t, online.Close())
 
 	strict := cachetest.New(t, cachetest.WithUpstreams(cu...), cachetest.WithStorageDir(storage), cachetest.WithMode(cachetest.Strict))
-	w.upstreams.ResetCounts()
+	w.upstreams.ResetStats()
 	var log logBuffer
-	c := provisioners.New(t, clusterSpec(t, "strict", w.image, 2), provisioners.WithCaches(strict), provisioners.WithLogWriter(&log),
+	c := provisioners.New(t, clusterSpec(t, "strict", w.image, 2), provisioners.WithCaches(strict), provisioners.WithLogger(log.logger()),
 		provisioners.WithReadiness(fixtures.StandinReady()))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -235,7 +239,7 @@ func TestStrictBootWithAnImageMissingNamesIt(t *testing.T) {
 	require.Error(t, err, "a strict boot with %s missing", missing.Ref())
 	assert.Contains(t, err.Error(), missing.Repository+":"+missing.Tag, "the failure names the missing image")
 	assert.NotContains(t, err.Error(), "https://"+missing.Registry, "the node fell back to the registry itself")
-	assert.Zero(t, w.upstreams.Counts().Requests(), "nothing reached the upstreams: no fallback")
+	assert.Zero(t, w.upstreams.Total().Requests(), "nothing reached the upstreams: no fallback")
 }
 
 // pullIndex reads an image through a cache: its index, every platform's

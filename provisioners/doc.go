@@ -33,10 +33,12 @@
 // opens but KVM does not run a probe guest, the VM launcher hides /dev/kvm in
 // a private mount namespace and QEMU runs under software emulation.
 //
-// Everything this package says goes to the WithLogWriter writer. Docker
-// clusters are destroyed by their labels here rather than by Talos's docker
-// Destroy, which prints "destroying network …" straight to stderr. One line
-// remains that no option silences: "generating PKI and tokens", printed by
-// Talos's config bundle, which talosctl's configmaker makes verbose and does
-// not let a caller quiet.
+// Everything this package and Talos's provisioners say goes to the
+// WithLogger logger, one record a line; nothing is written to stderr. Two
+// places in Talos print there on their own, and both are avoided: its config
+// bundle prints "generating PKI and tokens" unless told not to, which the
+// provisioner handed to configmaker does; its docker Destroy prints
+// "destroying network …", so docker clusters are removed by their labels. One
+// remains, outside this process's normal path: Talos's qemu preflight prints
+// "running without KVM" to stdout on a machine where /dev/kvm does not open.
 package provisioners

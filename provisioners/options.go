@@ -1,7 +1,7 @@
 package provisioners
 
 import (
-	"io"
+	"log/slog"
 
 	"github.com/pullthrough/pullthrough/cachetest"
 )
@@ -14,7 +14,7 @@ type settings struct {
 	mirrors      map[string]string
 	skipFallback bool
 	bridge       string
-	log          io.Writer
+	logger       *slog.Logger
 	readiness    Readiness
 }
 
@@ -48,8 +48,11 @@ func WithSkipFallback() Option { return func(o *settings) { o.skipFallback = tru
 // docker0's address for docker, the CIDR's gateway for qemu).
 func WithBridgeAddr(ip string) Option { return func(o *settings) { o.bridge = ip } }
 
-// WithLogWriter receives the provisioner's progress. Default: discarded.
-func WithLogWriter(w io.Writer) Option { return func(o *settings) { o.log = w } }
+// WithLogger receives what this package and Talos's provisioners say while
+// creating, waiting for and destroying a cluster, one record a line at Info,
+// with a "cluster" attribute; it is the same option shape as cachetest's.
+// Default: nothing is said. No call of this package writes to stderr.
+func WithLogger(l *slog.Logger) Option { return func(o *settings) { o.logger = l } }
 
 // WithReadiness replaces the default check, talosctl's post-create checks,
 // which need a real Talos: fixtures.StandinReady() for stand-in nodes, or

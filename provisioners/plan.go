@@ -11,7 +11,10 @@ import (
 
 	"github.com/siderolabs/talos/cmd/talosctl/cmd/mgmt/cluster/create/clusterops"
 	"github.com/siderolabs/talos/cmd/talosctl/cmd/mgmt/cluster/create/clusterops/configmaker"
+	"github.com/siderolabs/talos/pkg/machinery/config"
+	"github.com/siderolabs/talos/pkg/machinery/config/bundle"
 	"github.com/siderolabs/talos/pkg/machinery/config/configloader"
+	"github.com/siderolabs/talos/pkg/machinery/config/generate"
 	"github.com/siderolabs/talos/pkg/provision"
 	"github.com/siderolabs/talos/pkg/provision/providers/docker"
 	"github.com/siderolabs/talos/pkg/provision/providers/qemu"
@@ -137,7 +140,7 @@ func configure(ctx context.Context, spec Spec, o *settings) (*Plan, error) {
 		}
 		d := clusterops.GetDocker()
 		d.TalosImage = spec.Image
-		p.Configs, err = configmaker.GetDockerConfigs(configmaker.DockerOptions{ExtraOps: d, CommonOps: common, Provisioner: p.prov})
+		p.Configs, err = configmaker.GetDockerConfigs(configmaker.DockerOptions{ExtraOps: d, CommonOps: common, Provisioner: quietConfigs{p.prov}})
 	case Qemu:
 		if p.prov, err = qemu.NewProvisioner(ctx); err != nil {
 			return nil, fmt.Errorf("making the qemu provisioner: %w", err)
@@ -157,13 +160,25 @@ func configure(ctx context.Context, spec Spec, o *settings) (*Plan, error) {
 		if isStandinInitramfs(spec.Qemu.InitramfsPath) {
 			standinQemuOps(&common, &q)
 		}
-		p.Configs, err = configmaker.GetQemuConfigs(configmaker.QemuOptions{ExtraOps: q, CommonOps: common, Provisioner: p.prov})
+		p.Configs, err = configmaker.GetQemuConfigs(configmaker.QemuOptions{ExtraOps: q, CommonOps: common, Provisioner: quietConfigs{p.prov}})
 	}
 	if err != nil {
 		p.close()
 		return nil, fmt.Errorf("cluster %q: generating configs: %w", spec.Name, err)
 	}
 	return p, nil
+}
+
+// quietConfigs is the provisioner as configmaker sees it, with one more
+// config bundle option: WithVerbose(false). Talos's bundle is verbose by
+// default and then prints "generating PKI and tokens" to stderr; configmaker
+// sets no verbosity of its own, and the provisioner's bundle options are the
+// one place a caller's option reaches the bundle.
+type quietConfigs struct{ provision.Provisioner }
+
+func (q quietConfigs) GenOptions(r provision.NetworkRequest, vc *config.VersionContract) ([]generate.Option, []bundle.Option) {
+	gen, bundles := q.Provisioner.GenOptions(r, vc)
+	return gen, append(bundles, bundle.WithVerbose(false))
 }
 
 func (p *Plan) close() {

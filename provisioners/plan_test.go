@@ -3,6 +3,8 @@ package provisioners_test
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"strings"
@@ -10,6 +12,7 @@ import (
 	"time"
 
 	"github.com/siderolabs/talos/pkg/machinery/config/configloader"
+	"github.com/siderolabs/talos/pkg/machinery/version"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -188,4 +191,49 @@ func TestConfigureWithMirrorsAndSkipFallback(t *testing.T) {
 		provisioners.WithMirrors(map[string]string{"docker.io": "172.17.0.1:5000"}))
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), `"docker.io"="172.17.0.1:5000"`)
+}
+
+// TestConfigurePrintsNothing: Talos's config bundle prints "generating PKI
+// and tokens" to stderr unless told not to; no call of this package may.
+// The test swaps os.Stderr and os.Stdout, so it does not run in parallel.
+func TestConfigurePrintsNothing(t *testing.T) {
+	r, w, err := os.Pipe()
+	require.NoError(t, err)
+	oldErr, oldOut := os.Stderr, os.Stdout
+	os.Stderr, os.Stdout = w, w
+	restored := false
+	restore := func() {
+		if !restored {
+			os.Stderr, os.Stdout = oldErr, oldOut
+			w.Close() //nolint:errcheck
+			restored = true
+		}
+	}
+	t.Cleanup(restore)
+	printed := make(chan string, 1)
+	go func() {
+		b, _ := io.ReadAll(r)
+		printed <- string(b)
+	}()
+
+	set := someCaches(t, cachetest.WithListenAddrs("127.0.0.1"))
+	var log strings.Builder
+	for _, kind := range []string{provisioners.Docker, provisioners.Qemu} {
+		spec := provisioners.Spec{Name: "pt-quiet-" + kind, Provisioner: kind, ControlPlanes: 1, Workers: 1,
+			CIDR: "10.84.0.0/24", StateDir: t.TempDir()}
+		if kind == provisioners.Qemu {
+			spec.Qemu = provisioners.QemuSpec{KernelPath: "/nonexistent/vmlinuz", InitramfsPath: "/nonexistent/initramfs.xz"}
+		}
+		_, err := provisioners.Configure(ctxFor(t), spec, provisioners.WithCaches(set), provisioners.WithBridgeAddr("127.0.0.1"),
+			provisioners.WithLogger(slog.New(slog.NewTextHandler(&log, nil))))
+		require.NoError(t, err, kind)
+	}
+	restore()
+	assert.Empty(t, <-printed, "Configure wrote to stderr or stdout")
+}
+
+// One Talos version: the constant users see is the machinery's own tag,
+// the version fixtures' image lists and the stand-in node are built for.
+func TestDefaultTalosVersionIsTheMachinerys(t *testing.T) {
+	assert.Equal(t, version.Tag, provisioners.DefaultTalosVersion)
 }

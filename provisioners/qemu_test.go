@@ -49,7 +49,7 @@ func TestQemuClusterOfStandinVMsPullsThroughTheCaches(t *testing.T) {
 	spec := standinQemuSpec(t, "pull", 0)
 	ups := fixtures.NewTalosUpstreams(t, provisioners.DefaultTalosVersion, fixtures.WithScale(0.002), fixtures.Unthrottled())
 	var cu []cachetest.Upstream
-	for _, u := range ups.All() {
+	for _, u := range ups.Upstreams() {
 		cu = append(cu, cachetest.Upstream{Host: u.Host(), URL: u.URL()})
 	}
 	// The bridge appears only when the cluster is created: caches listen
@@ -60,7 +60,7 @@ func TestQemuClusterOfStandinVMsPullsThroughTheCaches(t *testing.T) {
 	var log logBuffer
 	start := time.Now()
 	ready := fixtures.StandinReady()
-	c := provisioners.New(t, spec, provisioners.WithCaches(caches), provisioners.WithLogWriter(&log), provisioners.WithReadiness(ready))
+	c := provisioners.New(t, spec, provisioners.WithCaches(caches), provisioners.WithLogger(log.logger()), provisioners.WithReadiness(ready))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	state := filepath.Join(spec.StateDir, spec.Name)
@@ -90,7 +90,7 @@ func TestQemuClusterOfStandinVMsPullsThroughTheCaches(t *testing.T) {
 	total := caches.Total()
 	assert.Equal(t, nodeBytes, total.ServedBytes, "what VMs received is what the caches served")
 	assert.Equal(t, nodeRequests, total.Requests)
-	up := ups.Counts()
+	up := ups.Total()
 	assert.Equal(t, ups.UniquePullSize(), up.ContentBytes, "two VMs booting at once on cold caches: each blob once, shared layers once")
 	assert.Equal(t, up.BytesSent, total.UpstreamBytes, "cache and upstream counters agree")
 	assert.Equal(t, up.Requests(), total.UpstreamRequests, "cache and upstream counters agree")

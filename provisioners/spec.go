@@ -15,7 +15,9 @@ const (
 	Qemu   = "qemu"
 )
 
-// DefaultTalosVersion is the Talos release this module builds against.
+// DefaultTalosVersion is the Talos release this module builds against: the
+// version of its Talos machinery (a test keeps them equal), whose image list
+// fixtures serves and whose config contract the stand-in node checks.
 const DefaultTalosVersion = "v1.13.0"
 
 // EnvTalosImage names a real Talos node image for the docker provisioner,
