@@ -24,10 +24,10 @@ func TestDetachedCachesSurviveRestartAndDownCleansUp(t *testing.T) {
 	storage := t.TempDir()
 	name := fmt.Sprintf("pullthrough-test-%d", os.Getpid())
 	common := []string{"--storage", storage}
-	for _, u := range ups.All() {
+	for _, u := range ups.Upstreams() {
 		common = append(common, "--upstream", u.Host()+"="+u.URL())
 	}
-	withPorts := append([]string{"--ports-from", fmt.Sprint(freeBase(t, len(ups.All())))}, common...)
+	withPorts := append([]string{"--ports-from", fmt.Sprint(freeBase(t, len(ups.Upstreams())))}, common...)
 	t.Cleanup(func() {
 		_, _ = cli.ContainerRemove(context.Background(), name, client.ContainerRemoveOptions{Force: true})
 	})
@@ -41,16 +41,16 @@ func TestDetachedCachesSurviveRestartAndDownCleansUp(t *testing.T) {
 
 	r = cli2(t, append([]string{"prefetch", "--talos", "v1.13.0"}, common...)...)
 	require.Equal(t, 0, r.code, r.stdout+r.stderr)
-	waitStatus(t, withPorts, len(ups.All()))
+	waitStatus(t, withPorts, len(ups.Upstreams()))
 
 	// Restarted (as after a reboot or a daemon restart): back, and warm.
 	_, err := cli.ContainerRestart(ctx, name, client.ContainerRestartOptions{})
 	require.NoError(t, err)
-	waitStatus(t, withPorts, len(ups.All()))
-	ups.ResetCounts()
+	waitStatus(t, withPorts, len(ups.Upstreams()))
+	ups.ResetStats()
 	r = cli2(t, append([]string{"verify", "--talos", "v1.13.0"}, common...)...)
 	require.Equal(t, 0, r.code, r.stdout+r.stderr)
-	assert.Zero(t, ups.Counts().BytesSent, "warm after a restart")
+	assert.Zero(t, ups.Total().BytesSent, "warm after a restart")
 
 	r = cli2(t, "down", "--name", name)
 	require.Equal(t, 0, r.code, r.stderr)

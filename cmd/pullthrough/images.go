@@ -153,8 +153,12 @@ func startFor(ctx context.Context, f *cacheFlags, imgs []image, mode cachetest.M
 // pulled is one image read whole through a cache: every manifest, the
 // config and every layer, digests checked by go-containerregistry.
 type pulled struct {
-	img   image
-	index v1.ImageIndex // nil for a single-platform image
+	img image
+	// raw and digest are the manifest the reference names, as served: an
+	// index for a multi-platform image.
+	raw    []byte
+	digest v1.Hash
+	index  v1.ImageIndex // nil for a single-platform image
 	imgs  []v1.Image
 	bytes int64
 	err   error
@@ -193,6 +197,7 @@ func pullOne(ctx context.Context, set *cachetest.Set, img image, platform string
 		r.err = err
 		return r
 	}
+	r.raw, r.digest = desc.Manifest, desc.Digest
 	var images []v1.Image
 	if desc.MediaType.IsIndex() {
 		if r.index, err = desc.ImageIndex(); err != nil {

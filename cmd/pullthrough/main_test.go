@@ -1,9 +1,12 @@
 package main
 
 import (
+	"archive/tar"
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -17,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/pelletier/go-toml/v2"
 	"github.com/siderolabs/talos/pkg/machinery/config/configloader"
@@ -116,10 +120,10 @@ func TestEndToEnd(t *testing.T) {
 	ups := fixtures.NewTalosUpstreams(t, "v1.13.0", fixtures.WithScale(0.002), fixtures.Unthrottled())
 	storage := t.TempDir()
 	common := []string{"--storage", storage}
-	for _, u := range ups.All() {
+	for _, u := range ups.Upstreams() {
 		common = append(common, "--upstream", u.Host()+"="+u.URL())
 	}
-	base := freeBase(t, len(ups.All()))
+	base := freeBase(t, len(ups.Upstreams()))
 	withPorts := append([]string{"--ports-from", fmt.Sprint(base)}, common...)
 
 	// verify before anything is cached: exit 3, naming an image.
@@ -160,7 +164,7 @@ func TestEndToEnd(t *testing.T) {
 	require.Equal(t, 0, r.code, r.stderr)
 	var found []running
 	require.NoError(t, json.Unmarshal([]byte(r.stdout), &found))
-	assert.Len(t, found, len(ups.All()))
+	assert.Len(t, found, len(ups.Upstreams()))
 
 	t.Run("config formats parse back", func(t *testing.T) { checkConfigs(t, withPorts, ups, base) })
 
@@ -189,6 +193,24 @@ func TestEndToEnd(t *testing.T) {
 		}
 	}
 
+	// export --talos-cache: both layouts, each resolved as a node's
+	// registry service resolves an image (tag file → digest file → blobs).
+	for _, kind := range []string{"oci", "flat"} {
+		out := filepath.Join(t.TempDir(), "cache-"+kind)
+		r = cli(t, "", append([]string{"export", "--talos-cache", out, "--layout", kind, "--talos", "v1.13.0"}, common...)...)
+		require.Equal(t, 0, r.code, r.stdout+r.stderr)
+		root := out
+		if kind == "oci" {
+			root = unpackTalosCache(t, out)
+		}
+		for _, img := range ups.Images() {
+			resolveInTalosCache(t, root, img)
+		}
+	}
+	r = cli(t, "", append([]string{"export", "--talos-cache", out, "--talos", "v1.13.0"}, common...)...)
+	assert.Equal(t, 2, r.code, "a non-empty --talos-cache directory is refused: %s", r.stderr)
+	assert.Contains(t, r.stderr, "not empty")
+
 	// SIGTERM: up prints what each cache did and exits 0.
 	require.NoError(t, up.Process.Signal(syscall.SIGTERM))
 	rest, _ := io.ReadAll(stdout)
@@ -207,7 +229,7 @@ func TestEndToEnd(t *testing.T) {
 }
 
 func indexOf(ups *fixtures.Upstreams, host string) int {
-	for i, u := range ups.All() {
+	for i, u := range ups.Upstreams() {
 		if u.Host() == host {
 			return i
 		}
@@ -217,7 +239,7 @@ func indexOf(ups *fixtures.Upstreams, host string) int {
 
 func checkConfigs(t *testing.T, withPorts []string, ups *fixtures.Upstreams, base int) {
 	want := map[string]string{}
-	for i, u := range ups.All() {
+	for i, u := range ups.Upstreams() {
 		want[u.Host()] = fmt.Sprintf("http://127.0.0.1:%d", base+i)
 	}
 	conf := func(format string, extra ...string) string {
@@ -312,4 +334,93 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// unpackTalosCache reads the OCI layout talosctl images cache-create writes:
+// one image, one layer, the cache tree inside.
+func unpackTalosCache(t *testing.T, dir string) string {
+	t.Helper()
+	p, err := layout.FromPath(dir)
+	require.NoError(t, err)
+	idx, err := p.ImageIndex()
+	require.NoError(t, err)
+	im, err := idx.IndexManifest()
+	require.NoError(t, err)
+	require.Len(t, im.Manifests, 1)
+	require.NotNil(t, im.Manifests[0].Platform)
+	assert.Equal(t, "linux/amd64", im.Manifests[0].Platform.OS+"/"+im.Manifests[0].Platform.Architecture)
+	img, err := idx.Image(im.Manifests[0].Digest)
+	require.NoError(t, err)
+	layers, err := img.Layers()
+	require.NoError(t, err)
+	require.Len(t, layers, 1)
+	rc, err := layers[0].Uncompressed()
+	require.NoError(t, err)
+	defer rc.Close()
+	root := t.TempDir()
+	tr := tar.NewReader(rc)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		require.NoError(t, err)
+		path := filepath.Join(root, filepath.FromSlash(h.Name))
+		require.True(t, strings.HasPrefix(path, root+string(filepath.Separator)), h.Name)
+		switch h.Typeflag {
+		case tar.TypeDir:
+			require.NoError(t, os.MkdirAll(path, 0o755))
+		case tar.TypeReg:
+			require.NoError(t, os.MkdirAll(filepath.Dir(path), 0o755))
+			b, err := io.ReadAll(tr)
+			require.NoError(t, err)
+			require.NoError(t, os.WriteFile(path, b, 0o644))
+		}
+	}
+	return root
+}
+
+// resolveInTalosCache follows Talos's registry service: the tag file's
+// sha256 names a digest file with the same bytes; an index names the
+// linux/amd64 manifest, also a digest file; its config and layers are blob
+// files whose content hashes to their names.
+func resolveInTalosCache(t *testing.T, root string, img fixtures.Image) {
+	t.Helper()
+	dir := filepath.Join(root, "manifests", img.Registry, filepath.FromSlash(img.Repository))
+	byDigest := func(d string) []byte {
+		t.Helper()
+		b, err := os.ReadFile(filepath.Join(dir, "digest", strings.Replace(d, "sha256:", "sha256-", 1)))
+		require.NoError(t, err, "%s: manifest %s", img.Ref(), d)
+		return b
+	}
+	hashOf := func(b []byte) string { s := sha256.Sum256(b); return "sha256:" + hex.EncodeToString(s[:]) }
+	tagged, err := os.ReadFile(filepath.Join(dir, "reference", img.Tag))
+	require.NoError(t, err, img.Ref())
+	manifest := byDigest(hashOf(tagged))
+	require.Equal(t, tagged, manifest, img.Ref())
+	var m struct {
+		MediaType string          `json:"mediaType"`
+		Manifests []v1.Descriptor `json:"manifests"`
+		Config    v1.Descriptor   `json:"config"`
+		Layers    []v1.Descriptor `json:"layers"`
+	}
+	require.NoError(t, json.Unmarshal(manifest, &m))
+	if len(m.Manifests) > 0 {
+		var found bool
+		for _, d := range m.Manifests {
+			if d.Platform != nil && d.Platform.OS == "linux" && d.Platform.Architecture == "amd64" {
+				manifest, found = byDigest(d.Digest.String()), true
+				require.Equal(t, d.Digest.String(), hashOf(manifest), img.Ref())
+			}
+		}
+		require.True(t, found, "%s: no linux/amd64 manifest in its index", img.Ref())
+		m.Config, m.Layers = v1.Descriptor{}, nil
+		require.NoError(t, json.Unmarshal(manifest, &m))
+	}
+	for _, d := range append([]v1.Descriptor{m.Config}, m.Layers...) {
+		b, err := os.ReadFile(filepath.Join(root, "blob", strings.Replace(d.Digest.String(), "sha256:", "sha256-", 1)))
+		require.NoError(t, err, "%s: blob %s", img.Ref(), d.Digest)
+		assert.Equal(t, d.Digest.String(), hashOf(b), img.Ref())
+		assert.Equal(t, d.Size, int64(len(b)), img.Ref())
+	}
 }
