@@ -159,9 +159,9 @@ type pulled struct {
 	raw    []byte
 	digest v1.Hash
 	index  v1.ImageIndex // nil for a single-platform image
-	imgs  []v1.Image
-	bytes int64
-	err   error
+	imgs   []v1.Image
+	bytes  int64
+	err    error
 }
 
 // pullAll reads every image through the set, a few at a time; progress gets

@@ -28,7 +28,7 @@ func strictCachesMissingOne(t *testing.T) (*fixtures.Upstreams, *cachetest.Set) 
 	t.Helper()
 	ups := fixtures.NewTalosUpstreams(t, "v1.13.0", fixtures.WithScale(0.002), fixtures.Unthrottled())
 	var cu []cachetest.Upstream
-	for _, u := range ups.All() {
+	for _, u := range ups.Upstreams() {
 		cu = append(cu, cachetest.Upstream{Host: u.Host(), URL: u.URL()})
 	}
 	dir := t.TempDir()
@@ -73,7 +73,7 @@ func mirrorsOf(set *cachetest.Set) map[string][]string {
 // the boot, by name, and nothing reaches the registry itself.
 func TestStrictBootWithAMissingImageFailsAndNamesIt(t *testing.T) {
 	ups, set := strictCachesMissingOne(t)
-	ups.ResetCounts()
+	ups.ResetStats()
 	n, err := standin.LoadUserdata(userdata(withSkipFallback(genConfig(t, mirrorsOf(set)))))
 	require.NoError(t, err)
 
@@ -85,7 +85,7 @@ func TestStrictBootWithAMissingImageFailsAndNamesIt(t *testing.T) {
 	assert.Contains(t, s.Failures[0].Error, missingRef)
 	assert.Equal(t, []string{set.Cache("registry.k8s.io").Endpoint()}, s.Failures[0].Endpoints)
 	assert.Empty(t, s.Fallbacks)
-	assert.Zero(t, ups.Counts().Requests(), "skipFallback: the registry itself is never asked")
+	assert.Zero(t, ups.Total().Requests(), "skipFallback: the registry itself is never asked")
 }
 
 // TestWithoutSkipFallbackTheNodePullsFromTheRegistryAndSaysSo: the same
@@ -94,7 +94,7 @@ func TestStrictBootWithAMissingImageFailsAndNamesIt(t *testing.T) {
 // why the mirror failed it.
 func TestWithoutSkipFallbackTheNodePullsFromTheRegistryAndSaysSo(t *testing.T) {
 	ups, set := strictCachesMissingOne(t)
-	ups.ResetCounts()
+	ups.ResetStats()
 	n, err := standin.LoadUserdata(userdata(genConfig(t, mirrorsOf(set))))
 	require.NoError(t, err)
 
@@ -104,7 +104,7 @@ func TestWithoutSkipFallbackTheNodePullsFromTheRegistryAndSaysSo(t *testing.T) {
 	require.Empty(t, s.Failures, "log:\n%s", log.String())
 	assert.Equal(t, 10, s.Images)
 	require.NotEmpty(t, s.Fallbacks)
-	reg := ups.Get("registry.k8s.io").URL()
+	reg := ups.Upstream("registry.k8s.io").URL()
 	for _, fb := range s.Fallbacks {
 		assert.Equal(t, missingRef, fb.Ref, "only the missing image falls back")
 		assert.Equal(t, reg, fb.Endpoint)
@@ -122,7 +122,7 @@ func TestWithoutSkipFallbackTheNodePullsFromTheRegistryAndSaysSo(t *testing.T) {
 
 	// The registry itself did the token dance and sent blobs through its
 	// CDN, which never saw the token.
-	c := ups.Counts()
+	c := ups.Total()
 	assert.Positive(t, c.TokenGET)
 	assert.Positive(t, c.Redirects)
 	assert.Zero(t, c.CDNAuthorization)

@@ -28,7 +28,7 @@ func TestMain(m *testing.M) {
 	}
 	upstreams = ups
 	var cu []cachetest.Upstream
-	for _, u := range ups.All() {
+	for _, u := range ups.Upstreams() {
 		cu = append(cu, cachetest.Upstream{Host: u.Host(), URL: u.URL()})
 	}
 	dir, err := os.MkdirTemp("", "pullthrough-maintest-")
@@ -44,7 +44,7 @@ func TestMain(m *testing.M) {
 
 func TestGetReturnsTheRunningSet(t *testing.T) {
 	set := cachetest.Get(t)
-	require.Len(t, set.Caches(), len(upstreams.All()))
+	require.Len(t, set.Caches(), len(upstreams.Upstreams()))
 	for _, img := range upstreams.Images() {
 		c := set.Cache(img.Registry)
 		require.NotNil(t, c, img.Registry)
