@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -318,6 +319,83 @@ func TestTwoProcessesOnOneStorageFetchEachBlobOnce(t *testing.T) {
 	require.NoError(t, g.Wait())
 	assert.EqualValues(t, 1, up.blobGETs.Load(), "two processes on one storage fetched the blob twice")
 	assert.Zero(t, c.Stats().UpstreamBytes, "the follower fetched nothing itself")
+}
+
+// getManifestStatus GETs a manifest from a cache and returns the status and
+// the digest it named.
+func getManifestStatus(ctx context.Context, addr, repo, ref string) (int, string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v2/"+repo+"/manifests/"+ref, nil)
+	if err != nil {
+		return 0, "", err
+	}
+	req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode, resp.Header.Get("Docker-Content-Digest"), nil
+}
+
+// Two processes on one storage asking for one cold tag at once: one GET
+// upstream between them, whatever its answer. The upstream holds the first
+// GET until this process's request is in and has had time to reach the
+// lock; a second GET, if any, is answered at once and counted.
+func TestTwoProcessesOnOneStorageGetEachManifestOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name, ref  string
+		wantStatus int
+	}{
+		{"stored", "v1", http.StatusOK},
+		{"upstream says not found", "nosuchtag", http.StatusNotFound},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := newTestUpstream(t)
+			up.push(t, "app:v1", 29)
+			storage := t.TempDir()
+			other, _ := startHelper(t, up.URL, storage)
+			set := cachetest.New(t, cachetest.WithUpstreams(up.upstream("registry.test")), cachetest.WithStorageDir(storage))
+			c := set.Cache("registry.test")
+			var first atomic.Bool
+			up.set(func(u *testUpstream) {
+				u.manifestGate = func() {
+					if first.CompareAndSwap(false, true) {
+						for c.Stats().Requests < 1 {
+							time.Sleep(5 * time.Millisecond)
+						}
+						time.Sleep(200 * time.Millisecond)
+					}
+				}
+			})
+			ctx := testCtx(t)
+			type answer struct {
+				status int
+				digest string
+				err    error
+			}
+			ask := func(addr string) <-chan answer {
+				ch := make(chan answer, 1)
+				go func() {
+					s, d, err := getManifestStatus(ctx, addr, "app", tc.ref)
+					ch <- answer{s, d, err}
+				}()
+				return ch
+			}
+			fromOther := ask(other)
+			require.Eventually(t, func() bool { return up.manifestGETs.Load() == 1 }, 10*time.Second, time.Millisecond,
+				"the other process's GET reaches the upstream")
+			fromThis := ask(c.Addr())
+			a, b := <-fromOther, <-fromThis
+			require.NoError(t, a.err)
+			require.NoError(t, b.err)
+			assert.Equal(t, tc.wantStatus, a.status, "the other process")
+			assert.Equal(t, tc.wantStatus, b.status, "this process")
+			assert.Equal(t, a.digest, b.digest)
+			assert.EqualValues(t, 1, up.manifestGETs.Load(), "manifest GETs upstream from two processes on one storage")
+			assert.EqualValues(t, 1, c.Stats().Coalesced, "this process's request shared the other's fetch")
+		})
+	}
 }
 
 func TestKilledFetchingProcessIsTakenOver(t *testing.T) {

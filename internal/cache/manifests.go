@@ -3,10 +3,12 @@ package cache
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"mime"
 	"net/http"
+	"os"
 	"strconv"
 	"time"
 
@@ -156,39 +158,26 @@ func (c *Cache) headManifest(ctx context.Context, rt route, timeout time.Duratio
 // the tag at it.
 func (c *Cache) fetchManifest(rt route) (manifest, error) {
 	v, err, shared := c.flights.Do("GET "+rt.String(), func() (any, error) {
+		// Processes on this storage fetching the same manifest make one GET
+		// between them: the others wait for the lock (as long as a fetch may
+		// take), then find the manifest stored, or the failure recorded.
+		start := time.Now()
+		waitCtx, cancelWait := context.WithTimeout(c.ctx, c.cfg.HeaderTimeout+c.cfg.StallTimeout+time.Second)
+		unlock := c.lockManifest(waitCtx, rt)
+		cancelWait()
+		defer unlock()
+		if m, err, ok := c.fetchedSince(rt, start); ok {
+			c.stats.coalesced.Add(1)
+			return m, err
+		}
 		ctx, cancel := context.WithTimeout(c.ctx, c.cfg.HeaderTimeout+c.cfg.StallTimeout)
 		defer cancel()
-		resp, err := c.up.do(ctx, http.MethodGet, rt.name, "manifests/"+rt.ref, manifestAccept)
-		if err != nil {
-			return manifest{}, err
+		m, err := c.getManifest(ctx, rt)
+		var ue *upstreamError
+		if errors.As(err, &ue) {
+			c.shareFailure(rt, ue)
 		}
-		if resp.StatusCode != http.StatusOK {
-			return manifest{}, c.up.statusError(resp, "manifest "+rt.String())
-		}
-		payload, err := io.ReadAll(io.LimitReader(resp.Body, maxManifestSize+1))
-		drain(resp.Body)
-		if err != nil {
-			return manifest{}, c.up.transportError(ctx, nil, err)
-		}
-		if len(payload) > maxManifestSize {
-			return manifest{}, &upstreamError{host: c.cfg.Host, status: http.StatusBadGateway, code: "MANIFEST_INVALID",
-				msg: fmt.Sprintf("upstream %s sent manifest %s larger than %d bytes", c.cfg.Host, rt.String(), maxManifestSize)}
-		}
-		d := digest.FromBytes(payload)
-		if want := resp.Header.Get("Docker-Content-Digest"); (rt.isDigest() && d.String() != rt.ref) || (want != "" && want != d.String() && digest.Digest(want).Algorithm() == digest.SHA256) {
-			return manifest{}, &upstreamError{host: c.cfg.Host, status: http.StatusBadGateway, code: "DIGEST_INVALID",
-				msg: fmt.Sprintf("upstream %s sent manifest %s with digest %s: not stored", c.cfg.Host, rt.String(), d)}
-		}
-		mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
-		if mt == "" || mt == "application/json" || mt == "text/plain" {
-			mt = sniffMediaType(payload)
-		}
-		m := manifest{d, mt, payload}
-		if err := c.storeManifest(rt, m); err != nil {
-			// Served anyway: the client need not fail for the cache's disk.
-			c.log.Warn("storing a manifest", "ref", rt.String(), "error", err)
-		}
-		return m, nil
+		return m, err
 	})
 	if shared {
 		c.stats.coalesced.Add(1)
@@ -197,6 +186,131 @@ func (c *Cache) fetchManifest(rt route) (manifest, error) {
 		return manifest{}, err
 	}
 	return v.(manifest), nil
+}
+
+// getManifest GETs a manifest from upstream, verifies and stores it.
+func (c *Cache) getManifest(ctx context.Context, rt route) (manifest, error) {
+	resp, err := c.up.do(ctx, http.MethodGet, rt.name, "manifests/"+rt.ref, manifestAccept)
+	if err != nil {
+		return manifest{}, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return manifest{}, c.up.statusError(resp, "manifest "+rt.String())
+	}
+	payload, err := io.ReadAll(io.LimitReader(resp.Body, maxManifestSize+1))
+	drain(resp.Body)
+	if err != nil {
+		return manifest{}, c.up.transportError(ctx, nil, err)
+	}
+	if len(payload) > maxManifestSize {
+		return manifest{}, &upstreamError{host: c.cfg.Host, status: http.StatusBadGateway, code: "MANIFEST_INVALID",
+			msg: fmt.Sprintf("upstream %s sent manifest %s larger than %d bytes", c.cfg.Host, rt.String(), maxManifestSize)}
+	}
+	d := digest.FromBytes(payload)
+	if want := resp.Header.Get("Docker-Content-Digest"); (rt.isDigest() && d.String() != rt.ref) || (want != "" && want != d.String() && digest.Digest(want).Algorithm() == digest.SHA256) {
+		return manifest{}, &upstreamError{host: c.cfg.Host, status: http.StatusBadGateway, code: "DIGEST_INVALID",
+			msg: fmt.Sprintf("upstream %s sent manifest %s with digest %s: not stored", c.cfg.Host, rt.String(), d)}
+	}
+	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	if mt == "" || mt == "application/json" || mt == "text/plain" {
+		mt = sniffMediaType(payload)
+	}
+	m := manifest{d, mt, payload}
+	if err := c.storeManifest(rt, m); err != nil {
+		// Served anyway: the client need not fail for the cache's disk.
+		c.log.Warn("storing a manifest", "ref", rt.String(), "error", err)
+	}
+	return m, nil
+}
+
+// lockManifest takes the storage's lock on fetching a manifest, waiting while
+// another process holds it (a manifest fetch is short and bounded by ctx).
+// If the lock cannot be had, the fetch goes ahead without it: a second GET
+// is better than a failed pull. The returned func releases the lock.
+func (c *Cache) lockManifest(ctx context.Context, rt route) (unlock func()) {
+	path := c.store.manifestLockPath(rt.name, rt.ref)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		l, err := tryLock(path)
+		if err != nil {
+			c.log.Debug("fetching a manifest without the storage's lock", "ref", rt.String(), "error", err)
+			return func() {}
+		}
+		if l != nil {
+			return func() { l.release(true) }
+		}
+		select {
+		case <-ctx.Done():
+			c.log.Debug("fetching a manifest without the storage's lock: another process holds it too long", "ref", rt.String())
+			return func() {}
+		case <-tick.C:
+		}
+	}
+}
+
+// coarseClock is how far a file's time may lag the clock: Linux stamps
+// files from a coarse clock that advances a tick (up to 10 ms) at a time.
+const coarseClock = 50 * time.Millisecond
+
+// fetchedSince returns what another process's fetch of rt ended with while
+// this one waited for the lock (ok true): a tag confirmed since start, a
+// digest stored and linked to the repository, or the upstream's refusal or
+// failure, shared as in-process waiters share it. With ok false, this
+// process fetches: nothing was fetched, or the other process died.
+func (c *Cache) fetchedSince(rt route, start time.Time) (m manifest, err error, ok bool) {
+	var d digest.Digest
+	if rt.isDigest() {
+		d = digest.Digest(rt.ref)
+		_, ok = c.store.linked(rt.name, d)
+	} else {
+		var checked time.Time
+		d, checked, ok = c.store.tag(rt.name, rt.ref)
+		ok = ok && !checked.Before(start.Add(-coarseClock))
+	}
+	if ok {
+		if mt, payload, found := c.store.getManifest(d); found {
+			return manifest{d, mt, payload}, nil, true
+		}
+	}
+	if e, found := c.sharedFailure(rt, start); found {
+		return manifest{}, e, true
+	}
+	return manifest{}, nil, false
+}
+
+// sharedError is an upstream failure as one process tells the others that
+// waited for the same manifest: only what the client would see (messages
+// are already redacted), never credentials.
+type sharedError struct {
+	Status int         `json:"status"`
+	Code   string      `json:"code"`
+	Msg    string      `json:"msg"`
+	Header http.Header `json:"header,omitempty"`
+}
+
+func (c *Cache) shareFailure(rt route, e *upstreamError) {
+	b, err := json.Marshal(sharedError{Status: e.status, Code: e.code, Msg: e.msg, Header: e.header})
+	if err == nil {
+		err = c.store.writeFile(c.store.manifestLockPath(rt.name, rt.ref)+".err", b)
+	}
+	if err != nil {
+		c.log.Debug("recording a failed manifest fetch for other processes", "ref", rt.String(), "error", err)
+	}
+}
+
+func (c *Cache) sharedFailure(rt route, start time.Time) (*upstreamError, bool) {
+	p := c.store.manifestLockPath(rt.name, rt.ref) + ".err"
+	st, err := os.Stat(p)
+	if err != nil || st.ModTime().Before(start.Add(-coarseClock)) {
+		return nil, false
+	}
+	b, err := os.ReadFile(p)
+	var se sharedError
+	if err != nil || json.Unmarshal(b, &se) != nil || se.Status < 400 {
+		return nil, false
+	}
+	return &upstreamError{host: c.cfg.Host, status: se.Status, code: se.Code, msg: se.Msg, header: se.Header}, true
 }
 
 func (c *Cache) storeManifest(rt route, m manifest) error {

@@ -1,6 +1,8 @@
 package cache
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -21,6 +23,8 @@ import (
 //	fills/sha256-<hex>.lock   held (flock) by the process filling the digest
 //	fills/sha256-<hex>.part   the fill's bytes so far
 //	fills/sha256-<hex>.size   the size upstream announced, once known
+//	locks/manifest-<hex>.lock held (flock) by the process fetching a manifest
+//	                          (hex: sha256 of repository and reference)
 //	repos/<name>/_tags/<tag>  the tag's digest; its mtime is when upstream last confirmed it
 //	repos/<name>/_links/<hex> the repository may serve this digest; holds its size
 //
@@ -34,7 +38,7 @@ const layoutDir = "v2"
 
 func openStore(dir string) (*store, error) {
 	s := &store{root: filepath.Join(dir, layoutDir)}
-	for _, d := range []string{"blobs/sha256", "types/sha256", "fills", "repos", "tmp"} {
+	for _, d := range []string{"blobs/sha256", "types/sha256", "fills", "locks", "repos", "tmp"} {
 		if err := os.MkdirAll(filepath.Join(s.root, d), 0o755); err != nil {
 			return nil, err
 		}
@@ -52,6 +56,11 @@ func (s *store) typePath(d digest.Digest) string {
 
 func (s *store) fillPath(d digest.Digest, ext string) string {
 	return filepath.Join(s.root, "fills", string(d.Algorithm())+"-"+d.Encoded()+ext)
+}
+
+func (s *store) manifestLockPath(name, ref string) string {
+	sum := sha256.Sum256([]byte(name + "\x00" + ref))
+	return filepath.Join(s.root, "locks", "manifest-"+hex.EncodeToString(sum[:])+".lock")
 }
 
 func (s *store) repoPath(name string, parts ...string) string {
@@ -201,6 +210,20 @@ func (s *store) sweep(now time.Time) (files int, bytes int64) {
 			}
 		}
 		l.release(true)
+	}
+	// Manifest locks are removed by their holders; a process that died
+	// leaves an empty file, which goes once nobody holds it.
+	locks := filepath.Join(s.root, "locks")
+	ents, _ = os.ReadDir(locks)
+	for _, e := range ents {
+		info, err := e.Info()
+		if err != nil || now.Sub(info.ModTime()) < time.Minute {
+			continue
+		}
+		if l, err := tryLock(filepath.Join(locks, e.Name())); err == nil && l != nil {
+			l.release(true)
+			files++
+		}
 	}
 	tmp := filepath.Join(s.root, "tmp")
 	ents, _ = os.ReadDir(tmp)
