@@ -38,16 +38,31 @@ import (
 // number of bytes, for the first GET only.
 type origin struct {
 	*httptest.Server
-	blobGETs atomic.Int64
-	mu       sync.Mutex
-	holdAt   int64
-	hold     chan struct{}
+	blobGETs     atomic.Int64
+	manifestGETs atomic.Int64
+	mu           sync.Mutex
+	holdAt       int64
+	hold         chan struct{}
+	manifestHold chan struct{} // non-nil: manifest GETs wait for it to close
 }
 
 func newOrigin(t *testing.T) *origin {
 	o := &origin{}
 	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 	o.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "/manifests/") && r.Method == http.MethodGet {
+			o.manifestGETs.Add(1)
+			o.mu.Lock()
+			hold := o.manifestHold
+			o.mu.Unlock()
+			if hold != nil {
+				select {
+				case <-hold:
+				case <-r.Context().Done():
+					return
+				}
+			}
+		}
 		if strings.Contains(r.URL.Path, "/blobs/sha256:") && r.Method == http.MethodGet {
 			o.blobGETs.Add(1)
 			o.mu.Lock()
@@ -100,6 +115,7 @@ func (o *origin) push(t *testing.T, repoTag string, size int64, seed int64) v1.L
 	require.NoError(t, err)
 	require.NoError(t, remote.Write(ref, img))
 	o.blobGETs.Store(0)
+	o.manifestGETs.Store(0)
 	return l
 }
 
@@ -191,6 +207,64 @@ func TestServeFleetFetchesEachBlobOnce(t *testing.T) {
 	assert.EqualValues(t, 1, o.blobGETs.Load(), "a new instance reads the bucket, not the origin")
 }
 
+// Docker Hub counts manifest GETs against its pull limit: instances of a
+// fleet asking for one tag at once make one GET between them, and an
+// instance asking soon after gets the manifest from Redis.
+func TestServeFleetGetsEachManifestOnce(t *testing.T) {
+	redis, s3srv := fleettest.Redis(t), fleettest.S3(t)
+	o := newOrigin(t)
+	o.push(t, "app:v1", 1024, 86)
+	hold := make(chan struct{})
+	o.mu.Lock()
+	o.manifestHold = hold
+	o.mu.Unlock()
+	var fleet []*instance
+	for range 3 {
+		fleet = append(fleet, startServe(t, o, redis.Addr, s3srv.Addr, "10s"))
+	}
+	ctx := t.Context()
+	digests := make([]string, len(fleet))
+	var g errgroup.Group
+	for i, in := range fleet {
+		g.Go(func() (err error) { digests[i], err = getManifestDigest(ctx, in.addr, "app", "v1"); return err })
+	}
+	require.Eventually(t, func() bool { return o.manifestGETs.Load() >= 1 }, 10*time.Second, 5*time.Millisecond)
+	time.Sleep(300 * time.Millisecond) // let every instance ask before the origin answers
+	close(hold)
+	require.NoError(t, g.Wait())
+	assert.EqualValues(t, 1, o.manifestGETs.Load(), "manifest GETs at the origin for three instances")
+	for _, d := range digests {
+		assert.Equal(t, digests[0], d)
+	}
+	late := startServe(t, o, redis.Addr, s3srv.Addr, "10s")
+	d, err := getManifestDigest(ctx, late.addr, "app", "v1")
+	require.NoError(t, err)
+	assert.Equal(t, digests[0], d)
+	assert.EqualValues(t, 1, o.manifestGETs.Load(), "an instance asking a moment later reads what the first one fetched")
+}
+
+func getManifestDigest(ctx context.Context, addr, repo, ref string) (string, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v2/"+repo+"/manifests/"+ref, nil)
+	req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("%s", resp.Status)
+	}
+	sum := sha256.Sum256(b)
+	if got := "sha256:" + hex.EncodeToString(sum[:]); got != resp.Header.Get("Docker-Content-Digest") {
+		return "", fmt.Errorf("manifest body %s, header %s", got, resp.Header.Get("Docker-Content-Digest"))
+	}
+	return resp.Header.Get("Docker-Content-Digest"), nil
+}
+
 func TestServeInstanceKilledMidFetchIsReplaced(t *testing.T) {
 	redis, s3srv := fleettest.Redis(t), fleettest.S3(t)
 	o := newOrigin(t)
@@ -241,6 +315,8 @@ func TestServeKeepsServingWithRedisDown(t *testing.T) {
 	got, err = getDigest(ctx, a.addr, "two", d2)
 	require.NoError(t, err, "a pull with Redis down")
 	assert.Equal(t, d2.String(), got)
+	_, err = getManifestDigest(ctx, a.addr, "two", "v1")
+	require.NoError(t, err, "a manifest with Redis down")
 }
 
 // A download that fails at the origin gives its claim up at once: another

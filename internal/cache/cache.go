@@ -329,6 +329,16 @@ type Fleet interface {
 	// Done ends this instance's claim on a blob: path is the verified blob
 	// to share, or "" when the download failed.
 	Done(ctx context.Context, d digest.Digest, path string)
+	// Manifest returns what another instance recorded for a manifest key
+	// (repository and reference) within the record's lifetime (ok true),
+	// waiting while another instance holds the key's claim. With ok false
+	// this instance now holds the claim, fetches the manifest, and calls
+	// ManifestDone. An error means the fleet cannot be asked: the instance
+	// then fetches on its own.
+	Manifest(ctx context.Context, key string) (record []byte, ok bool, err error)
+	// ManifestDone ends this instance's claim on a manifest key, leaving
+	// record for the others for ttl (nil: nothing to share).
+	ManifestDone(ctx context.Context, key string, record []byte, ttl time.Duration)
 }
 
 // FillPath serves a blob being downloaded by this instance to a peer of the

@@ -170,12 +170,25 @@ func (c *Cache) fetchManifest(rt route) (manifest, error) {
 			c.stats.coalesced.Add(1)
 			return m, err
 		}
+		// Instances of a fleet do the same through it.
+		claimed := false
+		if c.cfg.Fleet != nil {
+			m, err, ok, held := c.manifestFromFleet(rt)
+			if ok {
+				c.stats.coalesced.Add(1)
+				return m, err
+			}
+			claimed = held
+		}
 		ctx, cancel := context.WithTimeout(c.ctx, c.cfg.HeaderTimeout+c.cfg.StallTimeout)
 		defer cancel()
 		m, err := c.getManifest(ctx, rt)
 		var ue *upstreamError
 		if errors.As(err, &ue) {
 			c.shareFailure(rt, ue)
+		}
+		if claimed {
+			c.manifestToFleet(rt, m, err)
 		}
 		return m, err
 	})
@@ -277,6 +290,78 @@ func (c *Cache) fetchedSince(rt route, start time.Time) (m manifest, err error, 
 		return manifest{}, e, true
 	}
 	return manifest{}, nil, false
+}
+
+// fleetManifestTTL is how long a manifest one instance of a fleet fetched is
+// served to the others without asking upstream: the span of one CI wave's
+// concurrent cold pulls, well inside any tag TTL. A failure is shared for
+// failureTTL, long enough for the instances waiting on it.
+const (
+	fleetManifestTTL = time.Minute
+	failureTTL       = 5 * time.Second
+)
+
+// fleetRecord is what instances of a fleet tell each other about a manifest:
+// the manifest, or the upstream's failure.
+type fleetRecord struct {
+	Digest    digest.Digest `json:"digest,omitempty"`
+	MediaType string        `json:"mediaType,omitempty"`
+	Payload   []byte        `json:"payload,omitempty"`
+	Failure   *sharedError  `json:"failure,omitempty"`
+}
+
+func fleetKey(rt route) string { return rt.name + "@" + rt.ref }
+
+// manifestFromFleet asks the fleet for rt: ok true with what another
+// instance fetched (stored here too) or its failure; ok false with held
+// true when this instance holds the fleet's claim and is to fetch.
+func (c *Cache) manifestFromFleet(rt route) (m manifest, err error, ok, held bool) {
+	ctx, cancel := context.WithTimeout(c.ctx, 2*(c.cfg.HeaderTimeout+c.cfg.StallTimeout))
+	defer cancel()
+	b, ok, ferr := c.cfg.Fleet.Manifest(ctx, fleetKey(rt))
+	if ferr != nil {
+		c.log.Warn("fleet coordination unavailable; fetching a manifest from upstream alone", "ref", rt.String(), "error", ferr)
+		return manifest{}, nil, false, false
+	}
+	if !ok {
+		return manifest{}, nil, false, true
+	}
+	var rec fleetRecord
+	if json.Unmarshal(b, &rec) != nil {
+		return manifest{}, nil, false, false
+	}
+	if f := rec.Failure; f != nil && f.Status >= 400 {
+		return manifest{}, &upstreamError{host: c.cfg.Host, status: f.Status, code: f.Code, msg: f.Msg, header: f.Header}, true, false
+	}
+	d := digest.FromBytes(rec.Payload)
+	if d != rec.Digest || (rt.isDigest() && d.String() != rt.ref) || rec.MediaType == "" {
+		c.log.Warn("the fleet's record of a manifest does not match its digest; fetching it", "ref", rt.String())
+		return manifest{}, nil, false, false
+	}
+	m = manifest{d, rec.MediaType, rec.Payload}
+	if err := c.storeManifest(rt, m); err != nil {
+		c.log.Warn("storing a manifest", "ref", rt.String(), "error", err)
+	}
+	return m, nil, true, false
+}
+
+// manifestToFleet ends this instance's claim on rt, sharing the manifest or
+// the upstream's failure (a caller that went away shares nothing).
+func (c *Cache) manifestToFleet(rt route, m manifest, err error) {
+	var rec fleetRecord
+	ttl := fleetManifestTTL
+	var ue *upstreamError
+	switch {
+	case err == nil:
+		rec = fleetRecord{Digest: m.digest, MediaType: m.mediaType, Payload: m.payload}
+	case errors.As(err, &ue):
+		rec.Failure, ttl = &sharedError{Status: ue.status, Code: ue.code, Msg: ue.msg, Header: ue.header}, failureTTL
+	}
+	var b []byte
+	if err == nil || rec.Failure != nil {
+		b, _ = json.Marshal(rec)
+	}
+	c.cfg.Fleet.ManifestDone(context.WithoutCancel(c.ctx), fleetKey(rt), b, ttl)
 }
 
 // sharedError is an upstream failure as one process tells the others that

@@ -1,7 +1,10 @@
 // Package fleet lets several pullthrough instances serve as one cache tier
 // for a CI fleet: blobs live in S3-compatible object storage, and a claim
 // per blob in Redis says which instance downloads it from the origin while
-// the others stream that instance's download. It implements cache.Fleet.
+// the others stream that instance's download. Manifests are coordinated the
+// same way: one instance fetches, and leaves the manifest (or the upstream's
+// failure) in Redis for a short while for the others. It implements
+// cache.Fleet.
 //
 // Storage and coordination are existing distributed engines; nothing here
 // stores data of its own. When Redis cannot be reached, Blob returns an
@@ -60,7 +63,7 @@ type Fleet struct {
 	log  *slog.Logger
 
 	mu     sync.Mutex
-	renew  map[digest.Digest]context.CancelFunc
+	renew  map[string]context.CancelFunc // by claim key
 	closed bool
 	wg     sync.WaitGroup
 }
@@ -104,7 +107,7 @@ func New(ctx context.Context, cfg Config) (*Fleet, error) {
 		rdb:   redis.NewClient(opt),
 		http:  &http.Client{Transport: &http.Transport{ResponseHeaderTimeout: 10 * time.Second}},
 		log:   cfg.Logger,
-		renew: map[digest.Digest]context.CancelFunc{},
+		renew: map[string]context.CancelFunc{},
 	}
 	if _, err := f.s3.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: aws.String(cfg.Bucket)}); err != nil {
 		f.rdb.Close()
@@ -124,6 +127,14 @@ func (f *Fleet) claimKey(d digest.Digest) string {
 	return "pullthrough:claim:" + f.cfg.Prefix + d.String()
 }
 
+func (f *Fleet) manifestClaimKey(key string) string {
+	return "pullthrough:claim:" + f.cfg.Prefix + "manifest:" + key
+}
+
+func (f *Fleet) manifestKey(key string) string {
+	return "pullthrough:manifest:" + f.cfg.Prefix + key
+}
+
 // Blob implements cache.Fleet.
 func (f *Fleet) Blob(ctx context.Context, d digest.Digest) (io.ReadCloser, int64, bool, error) {
 	deadline := time.Now().Add(2*f.cfg.ClaimTTL + 5*time.Second)
@@ -136,7 +147,7 @@ func (f *Fleet) Blob(ctx context.Context, d digest.Digest) (io.ReadCloser, int64
 			return nil, 0, false, fmt.Errorf("claiming %s in redis: %w", d, err)
 		}
 		if won {
-			f.keepClaim(d)
+			f.keepClaim(f.claimKey(d))
 			return nil, 0, false, nil
 		}
 		owner, err := f.rdb.Get(ctx, f.claimKey(d)).Result()
@@ -195,8 +206,8 @@ var (
 	releaseScript = redis.NewScript(`if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) else return 0 end`)
 )
 
-// keepClaim renews this instance's claim until Done.
-func (f *Fleet) keepClaim(d digest.Digest) {
+// keepClaim renews this instance's claim until it is released.
+func (f *Fleet) keepClaim(claim string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	f.mu.Lock()
 	if f.closed {
@@ -204,7 +215,7 @@ func (f *Fleet) keepClaim(d digest.Digest) {
 		cancel()
 		return
 	}
-	f.renew[d] = cancel
+	f.renew[claim] = cancel
 	f.wg.Add(1)
 	f.mu.Unlock()
 	go func() {
@@ -216,7 +227,7 @@ func (f *Fleet) keepClaim(d digest.Digest) {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				_ = renewScript.Run(ctx, f.rdb, []string{f.claimKey(d)}, f.cfg.Advertise, f.cfg.ClaimTTL.Milliseconds()).Err()
+				_ = renewScript.Run(ctx, f.rdb, []string{claim}, f.cfg.Advertise, f.cfg.ClaimTTL.Milliseconds()).Err()
 			}
 		}
 	}()
@@ -225,20 +236,70 @@ func (f *Fleet) keepClaim(d digest.Digest) {
 // Done implements cache.Fleet: a verified blob is put in shared storage
 // before the claim goes, so an instance that finds no claim finds the blob.
 func (f *Fleet) Done(ctx context.Context, d digest.Digest, path string) {
-	f.mu.Lock()
-	if cancel, ok := f.renew[d]; ok {
-		cancel()
-		delete(f.renew, d)
-	}
-	f.mu.Unlock()
+	f.stopRenewing(f.claimKey(d))
 	if path != "" {
 		if err := f.put(ctx, d, path); err != nil {
 			f.log.Warn("fleet: sharing a blob", "digest", d, "error", err)
 		}
 	}
-	if err := releaseScript.Run(ctx, f.rdb, []string{f.claimKey(d)}, f.cfg.Advertise).Err(); err != nil && !errors.Is(err, redis.Nil) {
-		f.log.Warn("fleet: releasing a claim", "digest", d, "error", err)
+	f.release(ctx, f.claimKey(d))
+}
+
+func (f *Fleet) stopRenewing(claim string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if cancel, ok := f.renew[claim]; ok {
+		cancel()
+		delete(f.renew, claim)
 	}
+}
+
+func (f *Fleet) release(ctx context.Context, claim string) {
+	if err := releaseScript.Run(ctx, f.rdb, []string{claim}, f.cfg.Advertise).Err(); err != nil && !errors.Is(err, redis.Nil) {
+		f.log.Warn("fleet: releasing a claim", "claim", claim, "error", err)
+	}
+}
+
+// Manifest implements cache.Fleet: the record another instance left for key
+// in Redis, or the claim to fetch it. While another instance holds the
+// claim, it waits (a manifest fetch is bounded; ctx bounds the wait).
+func (f *Fleet) Manifest(ctx context.Context, key string) ([]byte, bool, error) {
+	claim := f.manifestClaimKey(key)
+	for {
+		rec, err := f.rdb.Get(ctx, f.manifestKey(key)).Bytes()
+		if err == nil {
+			return rec, true, nil
+		}
+		if !errors.Is(err, redis.Nil) {
+			return nil, false, fmt.Errorf("reading manifest %s in redis: %w", key, err)
+		}
+		won, err := f.rdb.SetNX(ctx, claim, f.cfg.Advertise, f.cfg.ClaimTTL).Result()
+		if err != nil {
+			return nil, false, fmt.Errorf("claiming manifest %s in redis: %w", key, err)
+		}
+		if won {
+			f.keepClaim(claim)
+			return nil, false, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, false, fmt.Errorf("waiting for another instance's fetch of manifest %s: %w", key, ctx.Err())
+		case <-time.After(25 * time.Millisecond):
+		}
+	}
+}
+
+// ManifestDone implements cache.Fleet: the record is set before the claim
+// goes, so an instance that finds no claim finds the record.
+func (f *Fleet) ManifestDone(ctx context.Context, key string, record []byte, ttl time.Duration) {
+	claim := f.manifestClaimKey(key)
+	f.stopRenewing(claim)
+	if record != nil {
+		if err := f.rdb.Set(ctx, f.manifestKey(key), record, ttl).Err(); err != nil {
+			f.log.Warn("fleet: sharing a manifest", "manifest", key, "error", err)
+		}
+	}
+	f.release(ctx, claim)
 }
 
 func (f *Fleet) put(ctx context.Context, d digest.Digest, path string) error {
