@@ -189,10 +189,12 @@ func TestLeftoversOfACrashedRunAreRemoved(t *testing.T) {
 	})
 
 	var log logBuffer
+	printed := captureStdio(t) // Talos's docker Destroy would print "destroying network"
 	second := provisioners.New(t, spec, provisioners.WithCaches(w.caches), provisioners.WithLogger(log.logger()), provisioners.WithReadiness(fixtures.StandinReady()))
 	assert.Contains(t, log.String(), "left by an earlier run")
 	require.NoError(t, second.Wait(ctx), log.String())
 	require.NoError(t, second.Destroy(ctx))
+	assert.Empty(t, printed(), "removing leftovers, creating and destroying wrote to stderr or stdout")
 	assertNothingLeft(t, w.cli, spec)
 }
 

@@ -65,13 +65,16 @@ func preflight(ctx context.Context, spec Spec) error {
 }
 
 // removeLeftovers removes what a crashed earlier run with the same cluster
-// name left: the provisioner's own Destroy when its state survived, then any
-// containers and network that still carry the cluster's labels or name.
+// name left: for qemu, the provisioner's own Destroy when its state survived
+// (VM processes, CNI); for docker, the containers and network that still
+// carry the cluster's labels (Talos's docker Destroy prints to stderr).
 func removeLeftovers(ctx context.Context, p *Plan, log io.Writer) error {
 	spec := p.Spec
 	state := filepath.Join(spec.StateDir, spec.Name)
 	if _, err := os.Stat(state); err == nil {
-		if old, err := p.prov.Reflect(ctx, spec.Name, spec.StateDir); err == nil {
+		if spec.Provisioner == Docker {
+			fmt.Fprintf(log, "removing the state %s of cluster %q left by an earlier run\n", state, spec.Name)
+		} else if old, err := p.prov.Reflect(ctx, spec.Name, spec.StateDir); err == nil {
 			fmt.Fprintf(log, "removing cluster %q left by an earlier run (state in %s)\n", spec.Name, state)
 			if err := p.prov.Destroy(ctx, old, provision.WithLogWriter(log)); err != nil {
 				fmt.Fprintf(log, "destroying the earlier cluster %q: %v; removing what is left by label\n", spec.Name, err)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -197,25 +198,7 @@ func TestConfigureWithMirrorsAndSkipFallback(t *testing.T) {
 // and tokens" to stderr unless told not to; no call of this package may.
 // The test swaps os.Stderr and os.Stdout, so it does not run in parallel.
 func TestConfigurePrintsNothing(t *testing.T) {
-	r, w, err := os.Pipe()
-	require.NoError(t, err)
-	oldErr, oldOut := os.Stderr, os.Stdout
-	os.Stderr, os.Stdout = w, w
-	restored := false
-	restore := func() {
-		if !restored {
-			os.Stderr, os.Stdout = oldErr, oldOut
-			w.Close() //nolint:errcheck
-			restored = true
-		}
-	}
-	t.Cleanup(restore)
-	printed := make(chan string, 1)
-	go func() {
-		b, _ := io.ReadAll(r)
-		printed <- string(b)
-	}()
-
+	printed := captureStdio(t)
 	set := someCaches(t, cachetest.WithListenAddrs("127.0.0.1"))
 	var log strings.Builder
 	for _, kind := range []string{provisioners.Docker, provisioners.Qemu} {
@@ -228,8 +211,36 @@ func TestConfigurePrintsNothing(t *testing.T) {
 			provisioners.WithLogger(slog.New(slog.NewTextHandler(&log, nil))))
 		require.NoError(t, err, kind)
 	}
-	restore()
-	assert.Empty(t, <-printed, "Configure wrote to stderr or stdout")
+	assert.Empty(t, printed(), "Configure wrote to stderr or stdout")
+}
+
+// captureStdio points os.Stderr and os.Stdout at a pipe until the returned
+// func is called, which restores them and returns what was written. Tests
+// that use it do not run in parallel.
+func captureStdio(t *testing.T) (printed func() string) {
+	t.Helper()
+	r, w, err := os.Pipe()
+	require.NoError(t, err)
+	oldErr, oldOut := os.Stderr, os.Stdout
+	os.Stderr, os.Stdout = w, w
+	got := make(chan string, 1)
+	go func() {
+		b, _ := io.ReadAll(r)
+		r.Close()
+		got <- string(b)
+	}()
+	var once sync.Once
+	var out string
+	stop := func() string {
+		once.Do(func() {
+			os.Stderr, os.Stdout = oldErr, oldOut
+			w.Close()
+			out = <-got
+		})
+		return out
+	}
+	t.Cleanup(func() { stop() })
+	return stop
 }
 
 // One Talos version: the constant users see is the machinery's own tag,
