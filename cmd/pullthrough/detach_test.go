@@ -4,7 +4,11 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -107,4 +111,58 @@ func waitStatus(t *testing.T, withPorts []string, n int) {
 		r := cli2(t, append([]string{"status"}, withPorts...)...)
 		return r.code == 0 && strings.Count(r.stdout, "online") == n
 	}, 30*time.Second, 200*time.Millisecond)
+}
+
+// envRestartDockerd allows TestDetachedComesBackWithTheDockerDaemon to stop
+// and start the Docker daemon, which disturbs every other test using it:
+// .ci/run sets it for that test alone, after the suite.
+const envRestartDockerd = "PULLTHROUGH_TEST_RESTART_DOCKERD"
+
+// The guide's containers come back with the Docker daemon (--restart
+// always); so must `up --detach`. The daemon is the one scripts/docker-up
+// started: the test stops it with SIGTERM and starts it again with the same
+// script.
+func TestDetachedComesBackWithTheDockerDaemon(t *testing.T) {
+	if os.Getenv(envRestartDockerd) != "1" {
+		t.Skipf("restarts the Docker daemon, which would break the other tests running beside it: set %s=1 to run it alone (.ci/run does, after the suite)", envRestartDockerd)
+	}
+	dockerenv.Require(t)
+	ups := fixtures.NewTalosUpstreams(t, "v1.13.0", fixtures.WithScale(0.002), fixtures.Unthrottled())
+	storage := t.TempDir()
+	name := fmt.Sprintf("pullthrough-daemon-%d", os.Getpid())
+	common := []string{"--storage", storage}
+	for _, u := range ups.Upstreams() {
+		common = append(common, "--upstream", u.Host()+"="+u.URL())
+	}
+	withPorts := append([]string{"--ports-from", fmt.Sprint(freeBase(t, len(ups.Upstreams())))}, common...)
+	t.Cleanup(func() { _ = cli2(t, "down", "--name", name, "--purge") })
+
+	r := cli2(t, append([]string{"up", "--detach", "--name", name, "--bridge", "127.0.0.1"}, withPorts...)...)
+	require.Equal(t, 0, r.code, r.stdout+r.stderr)
+	r = cli2(t, append([]string{"prefetch", "--talos", "v1.13.0"}, common...)...)
+	require.Equal(t, 0, r.code, r.stdout+r.stderr)
+
+	restartDockerd(t)
+	waitStatus(t, withPorts, len(ups.Upstreams()))
+	ups.ResetStats()
+	r = cli2(t, append([]string{"verify", "--talos", "v1.13.0"}, common...)...)
+	require.Equal(t, 0, r.code, r.stdout+r.stderr)
+	assert.Zero(t, ups.Total().BytesSent, "warm after the daemon came back")
+}
+
+func restartDockerd(t *testing.T) {
+	t.Helper()
+	b, err := os.ReadFile("/var/run/docker.pid")
+	require.NoError(t, err, "no dockerd pid file: this test restarts only a daemon scripts/docker-up started")
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	require.NoError(t, err)
+	require.NoError(t, syscall.Kill(pid, syscall.SIGTERM))
+	require.Eventually(t, func() bool {
+		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		// Gone, or a zombie its parent has not reaped yet.
+		return err != nil || strings.Contains(string(st), ") Z ")
+	}, 2*time.Minute, 100*time.Millisecond, "dockerd (pid %d) did not exit", pid)
+	up := exec.Command("bash", filepath.Join("..", "..", "scripts", "docker-up"))
+	out, err := up.CombinedOutput()
+	require.NoError(t, err, "starting dockerd again: %s", out)
 }
