@@ -255,7 +255,9 @@ func (f *fill) download(lock *fileLock) (err error) {
 	if got := digest.NewDigest(digest.SHA256, h); got != f.dgst {
 		return fmt.Errorf("upstream %s sent blob %s with digest %s: not stored", c.cfg.Host, f.dgst, got)
 	}
-	if err := w.Close(); err != nil {
+	// On disk before it is visible: a crash must not leave a stored blob
+	// that is empty or cut under its digest's name.
+	if err := errors.Join(w.Sync(), w.Close()); err != nil {
 		return storageError(s.root, err)
 	}
 	if err := os.Rename(part, s.blobPath(f.dgst)); err != nil {

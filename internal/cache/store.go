@@ -77,7 +77,15 @@ func (s *store) statBlob(d digest.Digest) int64 {
 }
 
 // writeFile writes data to path atomically (temporary file, then rename).
-func (s *store) writeFile(path string, data []byte) error {
+func (s *store) writeFile(path string, data []byte) error { return s.write(path, data, false) }
+
+// writeContent is writeFile for content (manifests): the data reaches the
+// disk before the rename makes it visible, so a crash cannot leave a stored
+// manifest that is empty or cut. Tags and links need not: a lost or cut one
+// reads as missing and is fetched or confirmed again.
+func (s *store) writeContent(path string, data []byte) error { return s.write(path, data, true) }
+
+func (s *store) write(path string, data []byte, durable bool) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
@@ -86,8 +94,12 @@ func (s *store) writeFile(path string, data []byte) error {
 		return err
 	}
 	_, werr := tmp.Write(data)
+	var serr error
+	if durable && werr == nil {
+		serr = tmp.Sync()
+	}
 	cerr := tmp.Close()
-	if err := errors.Join(werr, cerr); err != nil {
+	if err := errors.Join(werr, serr, cerr); err != nil {
 		os.Remove(tmp.Name())
 		return err
 	}
@@ -100,13 +112,13 @@ func (s *store) writeFile(path string, data []byte) error {
 
 // putManifest stores a verified manifest and its media type.
 func (s *store) putManifest(d digest.Digest, mediaType string, payload []byte) error {
-	if err := s.writeFile(s.typePath(d), []byte(mediaType)); err != nil {
+	if err := s.writeContent(s.typePath(d), []byte(mediaType)); err != nil {
 		return err
 	}
 	if s.statBlob(d) == int64(len(payload)) {
 		return nil
 	}
-	return s.writeFile(s.blobPath(d), payload)
+	return s.writeContent(s.blobPath(d), payload)
 }
 
 // getManifest reads a stored manifest, or reports false.
