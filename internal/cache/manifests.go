@@ -267,9 +267,10 @@ func (c *Cache) lockManifest(ctx context.Context, rt route) (unlock func()) {
 const coarseClock = 50 * time.Millisecond
 
 // fetchedSince returns what another process's fetch of rt ended with while
-// this one waited for the lock (ok true): a tag confirmed since start, a
-// digest stored and linked to the repository, or the upstream's refusal or
-// failure, shared as in-process waiters share it. With ok false, this
+// this one waited for the lock (ok true): a tag now fresh by this cache's
+// own rules, a digest stored and linked to the repository, or the upstream's
+// refusal or failure recorded since start, shared as in-process waiters
+// share it. With ok false, this
 // process fetches: nothing was fetched, or the other process died.
 func (c *Cache) fetchedSince(rt route, start time.Time) (m manifest, err error, ok bool) {
 	var d digest.Digest
@@ -277,9 +278,12 @@ func (c *Cache) fetchedSince(rt route, start time.Time) (m manifest, err error, 
 		d = digest.Digest(rt.ref)
 		_, ok = c.store.linked(rt.name, d)
 	} else {
+		// The tag was missing when this request looked: present now, and
+		// confirmed since then or within the tag TTL, someone fetched it.
 		var checked time.Time
 		d, checked, ok = c.store.tag(rt.name, rt.ref)
-		ok = ok && !checked.Before(start.Add(-coarseClock))
+		ok = ok && (!checked.Before(start.Add(-coarseClock)) ||
+			(c.cfg.TagTTL > 0 && time.Since(checked) < c.cfg.TagTTL) || c.cfg.Mode == ModeOffline)
 	}
 	if ok {
 		if mt, payload, found := c.store.getManifest(d); found {
