@@ -166,14 +166,14 @@ func (c *Cache) fetchManifest(rt route) (manifest, error) {
 		unlock := c.lockManifest(waitCtx, rt)
 		cancelWait()
 		defer unlock()
-		if m, err, ok := c.fetchedSince(rt, start); ok {
+		if m, ok, err := c.fetchedSince(rt, start); ok {
 			c.stats.coalesced.Add(1)
 			return m, err
 		}
 		// Instances of a fleet do the same through it.
 		claimed := false
 		if c.cfg.Fleet != nil {
-			m, err, ok, held := c.manifestFromFleet(rt)
+			m, ok, held, err := c.manifestFromFleet(rt)
 			if ok {
 				c.stats.coalesced.Add(1)
 				return m, err
@@ -272,7 +272,7 @@ const coarseClock = 50 * time.Millisecond
 // refusal or failure recorded since start, shared as in-process waiters
 // share it. With ok false, this
 // process fetches: nothing was fetched, or the other process died.
-func (c *Cache) fetchedSince(rt route, start time.Time) (m manifest, err error, ok bool) {
+func (c *Cache) fetchedSince(rt route, start time.Time) (m manifest, ok bool, err error) {
 	var d digest.Digest
 	if rt.isDigest() {
 		d = digest.Digest(rt.ref)
@@ -287,13 +287,13 @@ func (c *Cache) fetchedSince(rt route, start time.Time) (m manifest, err error, 
 	}
 	if ok {
 		if mt, payload, found := c.store.getManifest(d); found {
-			return manifest{d, mt, payload}, nil, true
+			return manifest{d, mt, payload}, true, nil
 		}
 	}
 	if e, found := c.sharedFailure(rt, start); found {
-		return manifest{}, e, true
+		return manifest{}, true, e
 	}
-	return manifest{}, nil, false
+	return manifest{}, false, nil
 }
 
 // fleetManifestTTL is how long a manifest one instance of a fleet fetched is
@@ -319,34 +319,34 @@ func fleetKey(rt route) string { return rt.name + "@" + rt.ref }
 // manifestFromFleet asks the fleet for rt: ok true with what another
 // instance fetched (stored here too) or its failure; ok false with held
 // true when this instance holds the fleet's claim and is to fetch.
-func (c *Cache) manifestFromFleet(rt route) (m manifest, err error, ok, held bool) {
+func (c *Cache) manifestFromFleet(rt route) (m manifest, ok, held bool, err error) {
 	ctx, cancel := context.WithTimeout(c.ctx, 2*(c.cfg.HeaderTimeout+c.cfg.StallTimeout))
 	defer cancel()
 	b, ok, ferr := c.cfg.Fleet.Manifest(ctx, fleetKey(rt))
 	if ferr != nil {
 		c.log.Warn("fleet coordination unavailable; fetching a manifest from upstream alone", "ref", rt.String(), "error", ferr)
-		return manifest{}, nil, false, false
+		return manifest{}, false, false, nil
 	}
 	if !ok {
-		return manifest{}, nil, false, true
+		return manifest{}, false, true, nil
 	}
 	var rec fleetRecord
 	if json.Unmarshal(b, &rec) != nil {
-		return manifest{}, nil, false, false
+		return manifest{}, false, false, nil
 	}
 	if f := rec.Failure; f != nil && f.Status >= 400 {
-		return manifest{}, &upstreamError{host: c.cfg.Host, status: f.Status, code: f.Code, msg: f.Msg, header: f.Header}, true, false
+		return manifest{}, true, false, &upstreamError{host: c.cfg.Host, status: f.Status, code: f.Code, msg: f.Msg, header: f.Header}
 	}
 	d := digest.FromBytes(rec.Payload)
 	if d != rec.Digest || (rt.isDigest() && d.String() != rt.ref) || rec.MediaType == "" {
 		c.log.Warn("the fleet's record of a manifest does not match its digest; fetching it", "ref", rt.String())
-		return manifest{}, nil, false, false
+		return manifest{}, false, false, nil
 	}
 	m = manifest{d, rec.MediaType, rec.Payload}
 	if err := c.storeManifest(rt, m); err != nil {
 		c.log.Warn("storing a manifest", "ref", rt.String(), "error", err)
 	}
-	return m, nil, true, false
+	return m, true, false, nil
 }
 
 // manifestToFleet ends this instance's claim on rt, sharing the manifest or
