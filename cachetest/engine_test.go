@@ -345,10 +345,11 @@ func getManifestStatus(ctx context.Context, addr, repo, ref string) (int, string
 func TestTwoProcessesOnOneStorageGetEachManifestOnce(t *testing.T) {
 	for _, tc := range []struct {
 		name, ref  string
+		fail       int // the upstream's answer to manifest GETs, 0: the manifest
 		wantStatus int
 	}{
-		{"stored", "v1", http.StatusOK},
-		{"upstream says not found", "nosuchtag", http.StatusNotFound},
+		{"stored", "v1", 0, http.StatusOK},
+		{"upstream fails", "v1", http.StatusServiceUnavailable, http.StatusServiceUnavailable},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			up := newTestUpstream(t)
@@ -359,6 +360,7 @@ func TestTwoProcessesOnOneStorageGetEachManifestOnce(t *testing.T) {
 			c := set.Cache("registry.test")
 			var first atomic.Bool
 			up.set(func(u *testUpstream) {
+				u.manifestFail = tc.fail
 				u.manifestGate = func() {
 					if first.CompareAndSwap(false, true) {
 						for c.Stats().Requests < 1 {
@@ -396,6 +398,25 @@ func TestTwoProcessesOnOneStorageGetEachManifestOnce(t *testing.T) {
 			assert.EqualValues(t, 1, c.Stats().Coalesced, "this process's request shared the other's fetch")
 		})
 	}
+}
+
+// A failure recorded for processes that waited on a fetch is not replayed
+// to a request that came after it: that one asks upstream itself.
+func TestAFailedManifestFetchIsNotReplayedToTheNextRequest(t *testing.T) {
+	up := newTestUpstream(t)
+	up.push(t, "app:v1", 30)
+	set := cachetest.New(t, cachetest.WithUpstreams(up.upstream("registry.test")))
+	c := set.Cache("registry.test")
+	ctx := testCtx(t)
+	up.set(func(u *testUpstream) { u.manifestFail = http.StatusServiceUnavailable })
+	status, _, err := getManifestStatus(ctx, c.Addr(), "app", "v1")
+	require.NoError(t, err)
+	require.Equal(t, http.StatusServiceUnavailable, status)
+	up.set(func(u *testUpstream) { u.manifestFail = 0 })
+	status, _, err = getManifestStatus(ctx, c.Addr(), "app", "v1")
+	require.NoError(t, err)
+	assert.Equal(t, http.StatusOK, status, "the request right after a failure")
+	assert.EqualValues(t, 2, up.manifestGETs.Load())
 }
 
 func TestKilledFetchingProcessIsTakenOver(t *testing.T) {

@@ -42,6 +42,7 @@ type testUpstream struct {
 	pause        chan struct{}
 	stallAfter   int64        // > 0: blob GETs send this much, then stall until the client leaves
 	manifestGate func()       // non-nil: called before answering a manifest GET
+	manifestFail int          // non-zero: manifest GETs are answered with this status
 	sent         atomic.Int64 // body bytes written to clients
 }
 
@@ -81,6 +82,15 @@ func newTestUpstream(tb testing.TB) *testUpstream {
 				gate()
 			} else if r.Method == http.MethodGet {
 				u.manifestGETs.Add(1)
+			}
+			u.mu.Lock()
+			fail := u.manifestFail
+			u.mu.Unlock()
+			if fail != 0 && r.Method == http.MethodGet {
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(fail)
+				_, _ = io.WriteString(w, `{"errors":[{"code":"UNAVAILABLE","message":"the test upstream fails"}]}`)
+				return
 			}
 		}
 		w = &sentCounter{ResponseWriter: w, n: &u.sent}

@@ -72,9 +72,10 @@ type Config struct {
 	// TierTimeout bounds the wait for a tier's response headers; a tier that
 	// misses it is skipped for a back-off period.
 	TierTimeout time.Duration
-	// Fleet, when set, shares blobs with other instances: a blob missing
-	// here is read from the fleet's storage or from the instance already
-	// downloading it, and only one instance fetches it from upstream.
+	// Fleet, when set, shares blobs and manifests with other instances: a
+	// blob missing here is read from the fleet's storage or from the
+	// instance already downloading it, a manifest from what the instance
+	// that fetched it left, and only one instance fetches from upstream.
 	Fleet  Fleet
 	Auth   authn.Authenticator // nil: anonymous
 	Access *AccessPolicy       // nil: everyone

@@ -163,10 +163,10 @@ func (c *Cache) fetchManifest(rt route) (manifest, error) {
 		// take), then find the manifest stored, or the failure recorded.
 		start := time.Now()
 		waitCtx, cancelWait := context.WithTimeout(c.ctx, c.cfg.HeaderTimeout+c.cfg.StallTimeout+time.Second)
-		unlock := c.lockManifest(waitCtx, rt)
+		unlock, waited := c.lockManifest(waitCtx, rt)
 		cancelWait()
 		defer unlock()
-		if m, ok, err := c.fetchedSince(rt, start); ok {
+		if m, ok, err := c.fetchedSince(rt, start, waited); ok {
 			c.stats.coalesced.Add(1)
 			return m, err
 		}
@@ -184,7 +184,7 @@ func (c *Cache) fetchManifest(rt route) (manifest, error) {
 		defer cancel()
 		m, err := c.getManifest(ctx, rt)
 		var ue *upstreamError
-		if errors.As(err, &ue) {
+		if errors.As(err, &ue) && ue.status >= 500 {
 			c.shareFailure(rt, ue)
 		}
 		if claimed {
@@ -239,8 +239,9 @@ func (c *Cache) getManifest(ctx context.Context, rt route) (manifest, error) {
 // lockManifest takes the storage's lock on fetching a manifest, waiting while
 // another process holds it (a manifest fetch is short and bounded by ctx).
 // If the lock cannot be had, the fetch goes ahead without it: a second GET
-// is better than a failed pull. The returned func releases the lock.
-func (c *Cache) lockManifest(ctx context.Context, rt route) (unlock func()) {
+// is better than a failed pull. The returned func releases the lock; waited
+// says whether another process held it.
+func (c *Cache) lockManifest(ctx context.Context, rt route) (unlock func(), waited bool) {
 	path := c.store.manifestLockPath(rt.name, rt.ref)
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
@@ -248,15 +249,16 @@ func (c *Cache) lockManifest(ctx context.Context, rt route) (unlock func()) {
 		l, err := tryLock(path)
 		if err != nil {
 			c.log.Debug("fetching a manifest without the storage's lock", "ref", rt.String(), "error", err)
-			return func() {}
+			return func() {}, waited
 		}
 		if l != nil {
-			return func() { l.release(true) }
+			return func() { l.release(true) }, waited
 		}
+		waited = true
 		select {
 		case <-ctx.Done():
 			c.log.Debug("fetching a manifest without the storage's lock: another process holds it too long", "ref", rt.String())
-			return func() {}
+			return func() {}, waited
 		case <-tick.C:
 		}
 	}
@@ -266,13 +268,14 @@ func (c *Cache) lockManifest(ctx context.Context, rt route) (unlock func()) {
 // files from a coarse clock that advances a tick (up to 10 ms) at a time.
 const coarseClock = 50 * time.Millisecond
 
-// fetchedSince returns what another process's fetch of rt ended with while
-// this one waited for the lock (ok true): a tag now fresh by this cache's
-// own rules, a digest stored and linked to the repository, or the upstream's
-// refusal or failure recorded since start, shared as in-process waiters
-// share it. With ok false, this
-// process fetches: nothing was fetched, or the other process died.
-func (c *Cache) fetchedSince(rt route, start time.Time) (m manifest, ok bool, err error) {
+// fetchedSince returns what another process's fetch of rt ended with (ok
+// true): a tag now fresh by this cache's own rules, a digest stored and
+// linked to the repository, or, when this process waited for the lock, the
+// upstream failure (5xx, timeout, unreachable) the holder recorded since
+// start. Refusals (401, 403, 404, 429) are not shared: they may depend on
+// credentials, and processes on one storage need not share those. With ok
+// false, this process fetches.
+func (c *Cache) fetchedSince(rt route, start time.Time, waited bool) (m manifest, ok bool, err error) {
 	var d digest.Digest
 	if rt.isDigest() {
 		d = digest.Digest(rt.ref)
@@ -290,6 +293,9 @@ func (c *Cache) fetchedSince(rt route, start time.Time) (m manifest, ok bool, er
 			return manifest{d, mt, payload}, true, nil
 		}
 	}
+	if !waited {
+		return manifest{}, false, nil
+	}
 	if e, found := c.sharedFailure(rt, start); found {
 		return manifest{}, true, e
 	}
@@ -298,8 +304,8 @@ func (c *Cache) fetchedSince(rt route, start time.Time) (m manifest, ok bool, er
 
 // fleetManifestTTL is how long a manifest one instance of a fleet fetched is
 // served to the others without asking upstream: the span of one CI wave's
-// concurrent cold pulls, well inside any tag TTL. A failure is shared for
-// failureTTL, long enough for the instances waiting on it.
+// concurrent cold pulls; a tag, never longer than the tag TTL. A failure is
+// shared for failureTTL, long enough for the instances waiting on it.
 const (
 	fleetManifestTTL = time.Minute
 	failureTTL       = 5 * time.Second
@@ -308,6 +314,9 @@ const (
 // fleetRecord is what instances of a fleet tell each other about a manifest:
 // the manifest, or the upstream's failure.
 type fleetRecord struct {
+	// At is when upstream answered, Unix nanoseconds: a tag taken from the
+	// record counts as confirmed then, not when it was read.
+	At        int64         `json:"at"`
 	Digest    digest.Digest `json:"digest,omitempty"`
 	MediaType string        `json:"mediaType,omitempty"`
 	Payload   []byte        `json:"payload,omitempty"`
@@ -345,6 +354,8 @@ func (c *Cache) manifestFromFleet(rt route) (m manifest, ok, held bool, err erro
 	m = manifest{d, rec.MediaType, rec.Payload}
 	if err := c.storeManifest(rt, m); err != nil {
 		c.log.Warn("storing a manifest", "ref", rt.String(), "error", err)
+	} else if !rt.isDigest() && rec.At > 0 {
+		_ = c.store.touchTag(rt.name, rt.ref, time.Unix(0, rec.At))
 	}
 	return m, true, false, nil
 }
@@ -352,17 +363,22 @@ func (c *Cache) manifestFromFleet(rt route) (m manifest, ok, held bool, err erro
 // manifestToFleet ends this instance's claim on rt, sharing the manifest or
 // the upstream's failure (a caller that went away shares nothing).
 func (c *Cache) manifestToFleet(rt route, m manifest, err error) {
-	var rec fleetRecord
+	rec := fleetRecord{At: time.Now().UnixNano()}
 	ttl := fleetManifestTTL
+	if !rt.isDigest() && c.cfg.TagTTL < ttl {
+		// A tag is not shared for longer than this cache serves it unasked
+		// (not at all when it always asks).
+		ttl = c.cfg.TagTTL
+	}
 	var ue *upstreamError
 	switch {
 	case err == nil:
-		rec = fleetRecord{Digest: m.digest, MediaType: m.mediaType, Payload: m.payload}
+		rec.Digest, rec.MediaType, rec.Payload = m.digest, m.mediaType, m.payload
 	case errors.As(err, &ue):
 		rec.Failure, ttl = &sharedError{Status: ue.status, Code: ue.code, Msg: ue.msg, Header: ue.header}, failureTTL
 	}
 	var b []byte
-	if err == nil || rec.Failure != nil {
+	if (err == nil || rec.Failure != nil) && ttl > 0 {
 		b, _ = json.Marshal(rec)
 	}
 	c.cfg.Fleet.ManifestDone(context.WithoutCancel(c.ctx), fleetKey(rt), b, ttl)
@@ -372,6 +388,7 @@ func (c *Cache) manifestToFleet(rt route, m manifest, err error) {
 // waited for the same manifest: only what the client would see (messages
 // are already redacted), never credentials.
 type sharedError struct {
+	At     int64       `json:"at,omitempty"` // when the fetch failed, Unix nanoseconds
 	Status int         `json:"status"`
 	Code   string      `json:"code"`
 	Msg    string      `json:"msg"`
@@ -379,7 +396,7 @@ type sharedError struct {
 }
 
 func (c *Cache) shareFailure(rt route, e *upstreamError) {
-	b, err := json.Marshal(sharedError{Status: e.status, Code: e.code, Msg: e.msg, Header: e.header})
+	b, err := json.Marshal(sharedError{At: time.Now().UnixNano(), Status: e.status, Code: e.code, Msg: e.msg, Header: e.header})
 	if err == nil {
 		err = c.store.writeFile(c.store.manifestLockPath(rt.name, rt.ref)+".err", b)
 	}
@@ -389,14 +406,9 @@ func (c *Cache) shareFailure(rt route, e *upstreamError) {
 }
 
 func (c *Cache) sharedFailure(rt route, start time.Time) (*upstreamError, bool) {
-	p := c.store.manifestLockPath(rt.name, rt.ref) + ".err"
-	st, err := os.Stat(p)
-	if err != nil || st.ModTime().Before(start.Add(-coarseClock)) {
-		return nil, false
-	}
-	b, err := os.ReadFile(p)
+	b, err := os.ReadFile(c.store.manifestLockPath(rt.name, rt.ref) + ".err")
 	var se sharedError
-	if err != nil || json.Unmarshal(b, &se) != nil || se.Status < 400 {
+	if err != nil || json.Unmarshal(b, &se) != nil || se.Status < 500 || se.At < start.UnixNano() {
 		return nil, false
 	}
 	return &upstreamError{host: c.cfg.Host, status: se.Status, code: se.Code, msg: se.Msg, header: se.Header}, true

@@ -278,6 +278,12 @@ func (f *Fleet) Manifest(ctx context.Context, key string) ([]byte, bool, error) 
 			return nil, false, fmt.Errorf("claiming manifest %s in redis: %w", key, err)
 		}
 		if won {
+			// The holder may have left its record and released the claim
+			// between the read above and the claim: look once more.
+			if rec, err := f.rdb.Get(ctx, f.manifestKey(key)).Bytes(); err == nil {
+				f.release(ctx, claim)
+				return rec, true, nil
+			}
 			f.keepClaim(claim)
 			return nil, false, nil
 		}
