@@ -65,6 +65,7 @@ func Create(ctx context.Context, spec Spec, opts ...Option) (*Cluster, error) {
 // create is Create after the spec is prepared and the preflight passed.
 func create(ctx context.Context, spec Spec, o *settings) (*Cluster, error) {
 	log := slogw.New(o.logger, slog.LevelInfo, slog.String("cluster", spec.Name))
+	defer slogw.Flush(log)
 	start := time.Now()
 	plan, err := configure(ctx, spec, o)
 	if err != nil {
@@ -161,6 +162,7 @@ func (c *Cluster) Destroy(ctx context.Context) error {
 	if c.destroyed {
 		return nil
 	}
+	defer slogw.Flush(c.log)
 	var err error
 	if c.plan.Spec.Provisioner == Docker {
 		err = destroyDocker(ctx, c.plan)

@@ -39,6 +39,11 @@ command (exit 3) before anything is written.`,
 			if talosLayout != talosLayoutOCI && talosLayout != talosLayoutFlat {
 				return usagef("--layout %q: expected %s or %s", talosLayout, talosLayoutOCI, talosLayoutFlat)
 			}
+			if talosDir != "" {
+				if err := checkTalosCacheDest(talosDir); err != nil {
+					return err
+				}
+			}
 			set, imgs, err := listCaches(cmd, &f, &l, args, cachetest.Strict)
 			if err != nil {
 				return err

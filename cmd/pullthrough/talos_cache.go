@@ -3,7 +3,9 @@ package main
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -51,8 +53,8 @@ func writeTalosCache(dest, kind, platform string, res []pulled) error {
 	if kind != talosLayoutOCI && kind != talosLayoutFlat {
 		return usagef("--layout %q: expected %s or %s", kind, talosLayoutOCI, talosLayoutFlat)
 	}
-	if entries, err := os.ReadDir(dest); err == nil && len(entries) > 0 {
-		return usagef("--talos-cache %s: the directory is not empty (Talos's image cache is written whole, into a new directory)", dest)
+	if err := checkTalosCacheDest(dest); err != nil {
+		return err
 	}
 	parent := filepath.Dir(filepath.Clean(dest))
 	if err := os.MkdirAll(parent, 0o755); err != nil {
@@ -86,15 +88,7 @@ func writeTalosImage(tree string, r pulled) error {
 		}
 	}
 	write := func(path string, b []byte) error { return os.WriteFile(path, b, 0o644) }
-	// The tag the list names; a reference "repo:tag@sha256:…" keeps its tag.
-	tag := ""
-	if !strings.Contains(r.img.tag, ":") {
-		tag = r.img.tag
-	} else if base, _, ok := strings.Cut(r.img.ref, "@"); ok {
-		if t, err := name.NewTag(base); err == nil && strings.Contains(base, ":") {
-			tag = t.TagStr()
-		}
-	}
+	tag := talosCacheTag(r.img)
 	if tag != "" {
 		if err := write(filepath.Join(dir, "reference", tag), r.raw); err != nil {
 			return err
@@ -132,6 +126,43 @@ func writeTalosImage(tree string, r pulled) error {
 				return err
 			}
 		}
+	}
+	return nil
+}
+
+// talosCacheTag is the tag a reference names, for reference/<tag>: its tag,
+// or the one before a digest ("repo:tag@sha256:…"). A reference by digest
+// alone gets none; talosctl would file it under "latest", which would make
+// a node answer repo:latest with a pinned manifest.
+func talosCacheTag(img image) string {
+	if !strings.Contains(img.tag, ":") {
+		return img.tag
+	}
+	base, _, ok := strings.Cut(img.ref, "@")
+	if !ok || !strings.Contains(base[strings.LastIndex(base, "/")+1:], ":") {
+		return "" // no tag, only a registry's port
+	}
+	t, err := name.NewTag(base)
+	if err != nil {
+		return ""
+	}
+	return t.TagStr()
+}
+
+// checkTalosCacheDest refuses a destination that exists and is not an
+// empty directory, before anything is read.
+func checkTalosCacheDest(dest string) error {
+	st, err := os.Stat(dest)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return err
+	case !st.IsDir():
+		return usagef("--talos-cache %s: not a directory (Talos's image cache is written into a new or empty directory)", dest)
+	}
+	if entries, err := os.ReadDir(dest); err != nil || len(entries) > 0 {
+		return usagef("--talos-cache %s: the directory is not empty (Talos's image cache is written whole, into a new directory)", dest)
 	}
 	return nil
 }

@@ -55,6 +55,14 @@ func (w *Writer) Flush() {
 	}
 }
 
+// Flush logs what w holds of a line not yet ended, when w is a *Writer;
+// other writers are left alone.
+func Flush(w io.Writer) {
+	if sw, ok := w.(*Writer); ok {
+		sw.Flush()
+	}
+}
+
 func (w *Writer) emit(line string) {
 	line = strings.TrimRight(line, "\r ")
 	if line == "" {
