@@ -26,20 +26,30 @@ import (
 	"github.com/pullthrough/pullthrough/internal/dockerenv"
 )
 
-func TestDetachedCachesSurviveRestartAndDownCleansUp(t *testing.T) {
-	cli := dockerenv.Require(t)
-	ctx := t.Context()
-	ups := fixtures.NewTalosUpstreams(t, "v1.13.0", fixtures.WithScale(0.002), fixtures.Unthrottled())
-	storage := t.TempDir()
-	name := fmt.Sprintf("pullthrough-test-%d", os.Getpid())
-	common := []string{"--storage", storage}
+// detachWorld is what a detach test works on: fixtures' upstreams, a
+// storage directory, a container name, and the flags naming them (common:
+// upstreams and storage; withPorts: those and free ports). The container is
+// removed when the test ends, whatever it did.
+func detachWorld(t *testing.T, cli *client.Client, namePrefix string) (ups *fixtures.Upstreams, storage, name string, common, withPorts []string) {
+	t.Helper()
+	ups = fixtures.NewTalosUpstreams(t, "v1.13.0", fixtures.WithScale(0.002), fixtures.Unthrottled())
+	storage = t.TempDir()
+	name = fmt.Sprintf("%s-%d", namePrefix, os.Getpid())
+	common = []string{"--storage", storage}
 	for _, u := range ups.Upstreams() {
 		common = append(common, "--upstream", u.Host()+"="+u.URL())
 	}
-	withPorts := append([]string{"--ports-from", fmt.Sprint(freeBase(t, len(ups.Upstreams())))}, common...)
+	withPorts = append([]string{"--ports-from", fmt.Sprint(freeBase(t, len(ups.Upstreams())))}, common...)
 	t.Cleanup(func() {
 		_, _ = cli.ContainerRemove(context.Background(), name, client.ContainerRemoveOptions{Force: true})
 	})
+	return ups, storage, name, common, withPorts
+}
+
+func TestDetachedCachesSurviveRestartAndDownCleansUp(t *testing.T) {
+	cli := dockerenv.Require(t)
+	ctx := t.Context()
+	ups, storage, name, common, withPorts := detachWorld(t, cli, "pullthrough-test")
 
 	r := cli2(t, append([]string{"up", "--detach", "--name", name, "--bridge", "127.0.0.1"}, withPorts...)...)
 	require.Equal(t, 0, r.code, r.stdout+r.stderr)
@@ -130,16 +140,8 @@ func TestDetachedComesBackWithTheDockerDaemon(t *testing.T) {
 	if os.Getenv(envRestartDockerd) != "1" {
 		t.Skipf("restarts the Docker daemon, which would break the other tests running beside it: set %s=1 to run it alone (.ci/run does, after the suite)", envRestartDockerd)
 	}
-	dockerenv.Require(t)
-	ups := fixtures.NewTalosUpstreams(t, "v1.13.0", fixtures.WithScale(0.002), fixtures.Unthrottled())
-	storage := t.TempDir()
-	name := fmt.Sprintf("pullthrough-daemon-%d", os.Getpid())
-	common := []string{"--storage", storage}
-	for _, u := range ups.Upstreams() {
-		common = append(common, "--upstream", u.Host()+"="+u.URL())
-	}
-	withPorts := append([]string{"--ports-from", fmt.Sprint(freeBase(t, len(ups.Upstreams())))}, common...)
-	t.Cleanup(func() { _ = cli2(t, "down", "--name", name, "--purge") })
+	cli := dockerenv.Require(t)
+	ups, _, name, common, withPorts := detachWorld(t, cli, "pullthrough-daemon")
 
 	r := cli2(t, append([]string{"up", "--detach", "--name", name, "--bridge", "127.0.0.1"}, withPorts...)...)
 	require.Equal(t, 0, r.code, r.stdout+r.stderr)
