@@ -20,8 +20,11 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
+// helloTag is this process's: test binaries of two checkouts run at once
+// must not build, inspect and remove one tag between them.
+var helloTag = fmt.Sprintf("pullthrough.local/hello:test-%d", os.Getpid())
+
 const (
-	helloTag   = "pullthrough.local/hello:test"
 	testLabel  = "dev.pullthrough.test"
 	capSysAdm  = 21
 	capSysRsrc = 24
