@@ -43,7 +43,7 @@ func TestUpgrade(t *testing.T) {
 	image := fixtures.NewStandinImage(t)
 	ready := fixtures.StandinReady()
 	c := provisioners.New(t, provisioners.Spec{
-		Name: fmt.Sprintf("example-%d", os.Getpid()), ControlPlanes: 1, Workers: 1, CIDR: "10.79.0.0/24",
+		Name: fmt.Sprintf("example-%d", os.Getpid()), ControlPlanes: 1, Workers: 1, CIDR: "10.77.0.0/24",
 		Image: image,
 	}, provisioners.WithCaches(cachetest.Get(t)), provisioners.WithReadiness(ready))
 	if err := c.Wait(context.Background()); err != nil {
