@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/pullthrough/pullthrough/internal/cache"
 	"github.com/pullthrough/pullthrough/internal/fleet"
 	"github.com/pullthrough/pullthrough/internal/fleettest"
@@ -63,41 +61,24 @@ func BenchmarkFleetColdPull(b *testing.B) {
 	}
 	single := time.Since(t0)
 	b.ResetTimer()
-	var elapsed time.Duration
-	var upstreamBytes, contentBytes, manifestGETs int64
+	var cold coldPulls
 	for i := range b.N {
 		b.StopTimer()
 		var tier []map[string]string
-		for j := range instances {
+		for range instances {
 			m := startTier(b, env, redis.Addr, s3.Addr, fmt.Sprintf("run%d", i))
 			if _, err := nodeFor(env.benchKnobs.TalosVersion, m); err != nil { // configs outside the timing
 				b.Fatal(err)
 			}
-			_ = j
 			tier = append(tier, m)
 		}
-		before := env.Upstreams.Total()
-		b.StartTimer()
-		start := time.Now()
-		var g errgroup.Group
+		clientMirrors := make([]map[string]string, clients)
 		for c := range clients {
-			g.Go(func() error { _, err := env.PullMirrors(ctx, tier[c%instances]); return err })
+			clientMirrors[c] = tier[c%instances]
 		}
-		if err := g.Wait(); err != nil {
-			b.Fatal(err)
-		}
-		elapsed += time.Since(start)
-		b.StopTimer()
-		d := env.Upstreams.Total().Sub(before)
-		upstreamBytes += d.BytesSent
-		contentBytes += d.ContentBytes
-		manifestGETs += d.ManifestGET
 		b.StartTimer()
+		cold.pull(ctx, b, env, clientMirrors)
 	}
-	n := float64(b.N)
-	b.ReportMetric(elapsed.Seconds()/n, "pull-s/op")
-	b.ReportMetric(elapsed.Seconds()/n/single.Seconds(), "of-alone")
-	b.ReportMetric(float64(upstreamBytes)/1e6/n, "upstream-MB/op")
-	b.ReportMetric(float64(manifestGETs)/n, "upstream-manifest-GETs/op")
-	b.ReportMetric(float64(contentBytes)/n/float64(env.Upstreams.UniquePullSize()), "upstream-x")
+	cold.report(b, env)
+	b.ReportMetric(cold.elapsed.Seconds()/float64(b.N)/single.Seconds(), "of-alone")
 }
