@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pullthrough/pullthrough/cachetest"
+	"github.com/pullthrough/pullthrough/cache"
 	"github.com/pullthrough/pullthrough/fixtures"
 	"github.com/pullthrough/pullthrough/internal/dockerenv"
 	"github.com/pullthrough/pullthrough/provisioners"
@@ -33,7 +33,7 @@ func (e *benchEnv) NodeImage(tb testing.TB, log *slog.Logger) string {
 
 // Boot creates a docker cluster whose nodes pull through set, waits until it
 // is ready, and destroys it. Seconds is the time from Create to ready.
-func (e *benchEnv) Boot(ctx context.Context, set *cachetest.Set, spec provisioners.Spec, log *slog.Logger) (r result, err error) {
+func (e *benchEnv) Boot(ctx context.Context, set *cache.Set, spec provisioners.Spec, log *slog.Logger) (r result, err error) {
 	before := e.Upstreams.Total()
 	start := time.Now()
 	opts := []provisioners.Option{provisioners.WithCaches(set), provisioners.WithLogger(log)}

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pullthrough/pullthrough/cachetest"
+	"github.com/pullthrough/pullthrough/cache"
 	"github.com/pullthrough/pullthrough/provisioners"
 )
 
@@ -86,12 +86,12 @@ func benchBootQemu(b *testing.B, env *benchEnv) {
 		}
 		b.Skipf("qemu boot: %v", err)
 	}
-	benchBoot(b, env, spec, cachetest.WithListenAll())
+	benchBoot(b, env, spec, cache.WithListenAll())
 }
 
 // benchBoot measures cold boots (fresh caches each time) and warm ones (one
 // set of caches, filled by a first boot outside the timing).
-func benchBoot(b *testing.B, env *benchEnv, bootSpec func(i int) provisioners.Spec, cacheOpts ...cachetest.Option) {
+func benchBoot(b *testing.B, env *benchEnv, bootSpec func(i int) provisioners.Spec, cacheOpts ...cache.Option) {
 	log := benchLog(b)
 	ctx := context.Background()
 	var coldSeconds float64

@@ -26,6 +26,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/pullthrough/pullthrough/cache"
 	"github.com/pullthrough/pullthrough/cachetest"
 	"github.com/pullthrough/pullthrough/fixtures"
 )
@@ -84,7 +85,7 @@ func BenchmarkColdFirstByte(b *testing.B) {
 		var total float64
 		for range b.N {
 			b.StopTimer()
-			set := cachetest.New(b, cachetest.WithUpstreams(cachetest.Upstream{Host: "bench.test", URL: up.URL()}))
+			set := cachetest.New(b, cache.WithUpstreams(cache.Upstream{Host: "bench.test", URL: up.URL()}))
 			b.StartTimer()
 			s, err := firstByte(set.Cache("bench.test").Endpoint())
 			if err != nil {
@@ -173,13 +174,13 @@ const helperEnv = "PULLTHROUGH_BENCH_CACHE_PROCESS"
 // processes: caches for the upstreams it is given, its mirrors on stdout as
 // JSON, until stdin closes.
 func runCacheProcess() {
-	var ups []cachetest.Upstream
+	var ups []cache.Upstream
 	if err := json.Unmarshal([]byte(os.Getenv("UPSTREAMS")), &ups); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
-	set, err := cachetest.Start(context.Background(), cachetest.WithUpstreams(ups...),
-		cachetest.WithStorageDir(os.Getenv("STORAGE")), cachetest.WithListenAddrs("127.0.0.1"))
+	set, err := cache.Start(context.Background(), cache.WithUpstreams(ups...),
+		cache.WithStorageDir(os.Getenv("STORAGE")), cache.WithListenAddrs("127.0.0.1"))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
@@ -272,7 +273,7 @@ func BenchmarkSharedLayerPull(b *testing.B) {
 	var total int64
 	for range b.N {
 		b.StopTimer()
-		set := cachetest.New(b, cachetest.WithUpstreams(cachetest.Upstream{Host: "shared.test", URL: srv.URL}))
+		set := cachetest.New(b, cache.WithUpstreams(cache.Upstream{Host: "shared.test", URL: srv.URL}))
 		before := sent.Load()
 		b.StartTimer()
 		for _, r := range refs {

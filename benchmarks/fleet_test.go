@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pullthrough/pullthrough/internal/cache"
+	"github.com/pullthrough/pullthrough/internal/engine"
 	"github.com/pullthrough/pullthrough/internal/fleet"
 	"github.com/pullthrough/pullthrough/internal/fleettest"
 )
@@ -27,7 +27,7 @@ func startTier(b *testing.B, env *benchEnv, redis, s3 string, run string) map[st
 		if err != nil {
 			b.Fatal(err)
 		}
-		c, err := cache.New(context.Background(), cache.Config{Host: u.Host(), Remote: remote, StorageDir: b.TempDir(), Fleet: fl})
+		c, err := engine.New(context.Background(), engine.Config{Host: u.Host(), Remote: remote, StorageDir: b.TempDir(), Fleet: fl})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -14,6 +14,7 @@ import (
 	"github.com/siderolabs/talos/pkg/machinery/config/machine"
 	"github.com/siderolabs/talos/pkg/machinery/constants"
 
+	"github.com/pullthrough/pullthrough/cache"
 	"github.com/pullthrough/pullthrough/cachetest"
 	"github.com/pullthrough/pullthrough/fixtures"
 	"github.com/pullthrough/pullthrough/internal/standin"
@@ -38,29 +39,29 @@ func newBenchEnv(tb testing.TB, k benchKnobs) *benchEnv {
 }
 
 // CacheUpstreams are cachetest upstreams for the fixture registries.
-func (e *benchEnv) CacheUpstreams() []cachetest.Upstream {
-	var out []cachetest.Upstream
+func (e *benchEnv) CacheUpstreams() []cache.Upstream {
+	var out []cache.Upstream
 	for _, u := range e.Upstreams.Upstreams() {
-		out = append(out, cachetest.Upstream{Host: u.Host(), URL: u.URL()})
+		out = append(out, cache.Upstream{Host: u.Host(), URL: u.URL()})
 	}
 	return out
 }
 
 // NewCaches starts an empty cache set in front of the upstreams.
-func (e *benchEnv) NewCaches(tb testing.TB, opts ...cachetest.Option) *cachetest.Set {
+func (e *benchEnv) NewCaches(tb testing.TB, opts ...cache.Option) *cache.Set {
 	tb.Helper()
-	return cachetest.New(tb, append([]cachetest.Option{cachetest.WithUpstreams(e.CacheUpstreams()...)}, opts...)...)
+	return cachetest.New(tb, append([]cache.Option{cache.WithUpstreams(e.CacheUpstreams()...)}, opts...)...)
 }
 
 // StartCaches starts an empty cache set in its own temporary directory, for
 // loops where a test's TempDir would keep every iteration's content until
 // the end; stop closes the set and removes the directory.
-func (e *benchEnv) StartCaches(ctx context.Context, opts ...cachetest.Option) (set *cachetest.Set, stop func(), err error) {
+func (e *benchEnv) StartCaches(ctx context.Context, opts ...cache.Option) (set *cache.Set, stop func(), err error) {
 	dir, err := os.MkdirTemp("", "pullthrough-bench-")
 	if err != nil {
 		return nil, nil, err
 	}
-	set, err = cachetest.Start(ctx, append([]cachetest.Option{cachetest.WithUpstreams(e.CacheUpstreams()...), cachetest.WithStorageDir(dir)}, opts...)...)
+	set, err = cache.Start(ctx, append([]cache.Option{cache.WithUpstreams(e.CacheUpstreams()...), cache.WithStorageDir(dir)}, opts...)...)
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, nil, err
@@ -87,7 +88,7 @@ type result struct {
 
 // PullThrough pulls the node image set as a node would, through the caches
 // at their loopback endpoints, and counts what reached the upstreams.
-func (e *benchEnv) PullThrough(ctx context.Context, set *cachetest.Set) (result, error) {
+func (e *benchEnv) PullThrough(ctx context.Context, set *cache.Set) (result, error) {
 	mirrors, err := set.Mirrors("127.0.0.1")
 	if err != nil {
 		return result{}, err

@@ -8,7 +8,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/pullthrough/pullthrough/cachetest"
+	"github.com/pullthrough/pullthrough/cache"
 	"github.com/pullthrough/pullthrough/fixtures"
 )
 
@@ -193,7 +193,7 @@ func BenchmarkWarmPullUpstreamDown(b *testing.B) {
 		b.Run(name, func(b *testing.B) {
 			env := newBenchEnv(b, knobs)
 			ctx := context.Background()
-			set := env.NewCaches(b, cachetest.WithTagTTL(-1)) // revalidate every pull
+			set := env.NewCaches(b, cache.WithTagTTL(-1)) // revalidate every pull
 			if _, err := env.PullThrough(ctx, set); err != nil {
 				b.Fatal(err)
 			}

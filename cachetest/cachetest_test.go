@@ -15,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/pullthrough/pullthrough/cache"
 	"github.com/pullthrough/pullthrough/cachetest"
 )
 
@@ -41,7 +42,7 @@ func TestMain(m *testing.M) {
 func TestPullThroughServesUpstreamDigestsAndWarmPullFetchesNothing(t *testing.T) {
 	up := newTestUpstream(t)
 	img := up.push(t, "library/app:v1", 1)
-	set := cachetest.New(t, cachetest.WithUpstreams(up.upstream("registry.test")))
+	set := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test")))
 	c := set.Cache("registry.test")
 	ctx := testCtx(t)
 
@@ -73,9 +74,9 @@ func TestCloseThenStartOnSameStorageServesWarm(t *testing.T) {
 	img := up.push(t, "app:v1", 2)
 	dir := t.TempDir()
 	ctx := testCtx(t)
-	opts := []cachetest.Option{cachetest.WithUpstreams(up.upstream("registry.test")), cachetest.WithStorageDir(dir)}
+	opts := []cache.Option{cache.WithUpstreams(up.upstream("registry.test")), cache.WithStorageDir(dir)}
 
-	first, err := cachetest.Start(ctx, opts...)
+	first, err := cache.Start(ctx, opts...)
 	require.NoError(t, err)
 	_, err = pull(ctx, first.Cache("registry.test"), "app:v1")
 	require.NoError(t, err)
@@ -83,7 +84,7 @@ func TestCloseThenStartOnSameStorageServesWarm(t *testing.T) {
 
 	up.blobGETs.Store(0)
 	up.total.Store(0)
-	second, err := cachetest.Start(ctx, opts...)
+	second, err := cache.Start(ctx, opts...)
 	require.NoError(t, err)
 	defer second.Close()
 	got, err := pull(ctx, second.Cache("registry.test"), "app:v1")
@@ -95,11 +96,11 @@ func TestCloseThenStartOnSameStorageServesWarm(t *testing.T) {
 func TestSevenCachesStartInParallel(t *testing.T) {
 	up := newTestUpstream(t)
 	up.push(t, "app:v1", 3)
-	var ups []cachetest.Upstream
-	for _, d := range cachetest.DefaultUpstreams() {
+	var ups []cache.Upstream
+	for _, d := range cache.DefaultUpstreams() {
 		ups = append(ups, up.upstream(d.Host))
 	}
-	set := cachetest.New(t, cachetest.WithUpstreams(ups...))
+	set := cachetest.New(t, cache.WithUpstreams(ups...))
 	require.Len(t, set.Caches(), 7)
 	ctx := testCtx(t)
 	var g errgroup.Group
@@ -135,15 +136,15 @@ func TestFailingStartLeavesNothingRunning(t *testing.T) {
 	held, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(ports[3]))
 	require.NoError(t, err)
 	defer held.Close()
-	var ups []cachetest.Upstream
-	for i, d := range cachetest.DefaultUpstreams() {
+	var ups []cache.Upstream
+	for i, d := range cache.DefaultUpstreams() {
 		u := up.upstream(d.Host)
 		u.Port = ports[i]
 		ups = append(ups, u)
 	}
-	_, err = cachetest.Start(testCtx(t), cachetest.WithUpstreams(ups...), cachetest.WithFixedPorts(),
-		cachetest.WithListenAddrs("127.0.0.1"), cachetest.WithStorageDir(t.TempDir()))
-	require.ErrorIs(t, err, cachetest.ErrPortInUse)
+	_, err = cache.Start(testCtx(t), cache.WithUpstreams(ups...), cache.WithFixedPorts(),
+		cache.WithListenAddrs("127.0.0.1"), cache.WithStorageDir(t.TempDir()))
+	require.ErrorIs(t, err, cache.ErrPortInUse)
 	assert.ErrorContains(t, err, "gcr.io")
 	assert.ErrorContains(t, err, strconv.Itoa(ports[3]))
 	for i, p := range ports {
@@ -162,7 +163,7 @@ func TestFixedPortHeldByOwnCacheIsReused(t *testing.T) {
 	img := up.push(t, "app:v1", 4)
 	u := up.upstream("registry.test")
 	u.Port = freePorts(t, 1)[0]
-	opts := []cachetest.Option{cachetest.WithUpstreams(u), cachetest.WithFixedPorts(), cachetest.WithListenAddrs("127.0.0.1")}
+	opts := []cache.Option{cache.WithUpstreams(u), cache.WithFixedPorts(), cache.WithListenAddrs("127.0.0.1")}
 	first := cachetest.New(t, opts...)
 	second := cachetest.New(t, opts...)
 	assert.False(t, first.Cache("registry.test").Reused())
@@ -185,16 +186,16 @@ func TestFixedPortHeldByOwnCacheIsReused(t *testing.T) {
 
 	other := up.upstream("other.test")
 	other.Port = u.Port
-	_, err = cachetest.Start(testCtx(t), cachetest.WithUpstreams(other), cachetest.WithFixedPorts(),
-		cachetest.WithListenAddrs("127.0.0.1"), cachetest.WithStorageDir(t.TempDir()))
-	require.ErrorIs(t, err, cachetest.ErrPortInUse)
+	_, err = cache.Start(testCtx(t), cache.WithUpstreams(other), cache.WithFixedPorts(),
+		cache.WithListenAddrs("127.0.0.1"), cache.WithStorageDir(t.TempDir()))
+	require.ErrorIs(t, err, cache.ErrPortInUse)
 	assert.ErrorContains(t, err, "pullthrough cache for registry.test")
 }
 
 func TestWarmBlobRangeAndHead(t *testing.T) {
 	up := newTestUpstream(t)
 	img := up.push(t, "app:v1", 16)
-	set := cachetest.New(t, cachetest.WithUpstreams(up.upstream("registry.test")))
+	set := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test")))
 	c := set.Cache("registry.test")
 	_, err := pull(testCtx(t), c, "app:v1")
 	require.NoError(t, err)

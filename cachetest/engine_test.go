@@ -27,6 +27,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/pullthrough/pullthrough/cache"
 	"github.com/pullthrough/pullthrough/cachetest"
 )
 
@@ -72,7 +73,7 @@ func TestColdBlobStreamsBeforeItIsWhole(t *testing.T) {
 	d := layerDigest(t, layer)
 	pause := make(chan struct{})
 	up.set(func(u *testUpstream) { u.pauseAfter, u.pause = 1<<20, pause })
-	set := cachetest.New(t, cachetest.WithUpstreams(up.upstream("registry.test")))
+	set := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test")))
 	c := set.Cache("registry.test")
 
 	resp := getBlob(testCtx(t), t, c.Addr(), "big/app", d)
@@ -104,8 +105,8 @@ func TestStalledUpstreamIsAbandonedAndRetried(t *testing.T) {
 	up.set(func(u *testUpstream) { u.stallAfter = 256 << 10 })
 	var logs lockedBuffer
 	const stall = 300 * time.Millisecond
-	set := cachetest.New(t, cachetest.WithUpstreams(up.upstream("registry.test")),
-		cachetest.WithStallTimeout(stall), cachetest.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	set := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test")),
+		cache.WithStallTimeout(stall), cache.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 	c := set.Cache("registry.test")
 
 	// Two clients wait on the same stalled download.
@@ -159,7 +160,7 @@ func TestSharedLayerIsFetchedOncePerUpstream(t *testing.T) {
 		up.pushImage(t, repo, img)
 		imgs = append(imgs, img)
 	}
-	set := cachetest.New(t, cachetest.WithUpstreams(up.upstream("registry.test")))
+	set := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test")))
 	c := set.Cache("registry.test")
 	ctx := testCtx(t)
 	_, err = pull(ctx, c, "team/one:v1")
@@ -175,7 +176,7 @@ func TestSharedLayerIsFetchedOncePerUpstream(t *testing.T) {
 func TestConcurrentColdPullsOfATagCostOneManifestGET(t *testing.T) {
 	up := newTestUpstream(t)
 	up.push(t, "app:v1", 23)
-	set := cachetest.New(t, cachetest.WithUpstreams(up.upstream("registry.test")))
+	set := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test")))
 	c := set.Cache("registry.test")
 	const clients = 20
 	// Hold upstream's answer until every client's request is in the cache.
@@ -199,7 +200,7 @@ func TestConcurrentColdPullsOfATagCostOneManifestGET(t *testing.T) {
 func TestTruncatedBlobOnDiskIsFetchedAgain(t *testing.T) {
 	up := newTestUpstream(t)
 	img := up.push(t, "app:v1", 24)
-	set := cachetest.New(t, cachetest.WithUpstreams(up.upstream("registry.test")))
+	set := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test")))
 	c := set.Cache("registry.test")
 	ctx := testCtx(t)
 	_, err := pull(ctx, c, "app:v1")
@@ -227,7 +228,7 @@ func TestCountersMatchUpstreamByteForByte(t *testing.T) {
 	up := newTestUpstream(t)
 	img, layer := bigImage(t, 1<<20, 25)
 	up.pushImage(t, "app:v1", img)
-	set := cachetest.New(t, cachetest.WithUpstreams(up.upstream("registry.test")))
+	set := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test")))
 	c := set.Cache("registry.test")
 	ctx := testCtx(t)
 
@@ -253,9 +254,9 @@ const helperEnv = "PULLTHROUGH_TEST_CACHE_HELPER"
 // runCacheHelper is a second test process: one cache on the storage and
 // upstream it is given, its address on stdout, until killed or stdin closes.
 func runCacheHelper() {
-	set, err := cachetest.Start(context.Background(),
-		cachetest.WithUpstreams(cachetest.Upstream{Host: "registry.test", URL: os.Getenv("UPSTREAM")}),
-		cachetest.WithStorageDir(os.Getenv("STORAGE")), cachetest.WithListenAddrs("127.0.0.1"))
+	set, err := cache.Start(context.Background(),
+		cache.WithUpstreams(cache.Upstream{Host: "registry.test", URL: os.Getenv("UPSTREAM")}),
+		cache.WithStorageDir(os.Getenv("STORAGE")), cache.WithListenAddrs("127.0.0.1"))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
@@ -296,7 +297,7 @@ func TestTwoProcessesOnOneStorageFetchEachBlobOnce(t *testing.T) {
 	up.set(func(u *testUpstream) { u.pauseAfter, u.pause = 512<<10, pause })
 	storage := t.TempDir()
 	other, _ := startHelper(t, up.URL, storage)
-	set := cachetest.New(t, cachetest.WithUpstreams(up.upstream("registry.test")), cachetest.WithStorageDir(storage))
+	set := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test")), cache.WithStorageDir(storage))
 	c := set.Cache("registry.test")
 	ctx := testCtx(t)
 
@@ -356,7 +357,7 @@ func TestTwoProcessesOnOneStorageGetEachManifestOnce(t *testing.T) {
 			up.push(t, "app:v1", 29)
 			storage := t.TempDir()
 			other, _ := startHelper(t, up.URL, storage)
-			set := cachetest.New(t, cachetest.WithUpstreams(up.upstream("registry.test")), cachetest.WithStorageDir(storage))
+			set := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test")), cache.WithStorageDir(storage))
 			c := set.Cache("registry.test")
 			var first atomic.Bool
 			up.set(func(u *testUpstream) {
@@ -405,7 +406,7 @@ func TestTwoProcessesOnOneStorageGetEachManifestOnce(t *testing.T) {
 func TestAFailedManifestFetchIsNotReplayedToTheNextRequest(t *testing.T) {
 	up := newTestUpstream(t)
 	up.push(t, "app:v1", 30)
-	set := cachetest.New(t, cachetest.WithUpstreams(up.upstream("registry.test")))
+	set := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test")))
 	c := set.Cache("registry.test")
 	ctx := testCtx(t)
 	up.set(func(u *testUpstream) { u.manifestFail = http.StatusServiceUnavailable })
@@ -429,7 +430,7 @@ func TestKilledFetchingProcessIsTakenOver(t *testing.T) {
 	up.set(func(u *testUpstream) { u.pauseAfter, u.pause = 512<<10, pause })
 	storage := t.TempDir()
 	other, cmd := startHelper(t, up.URL, storage)
-	set := cachetest.New(t, cachetest.WithUpstreams(up.upstream("registry.test")), cachetest.WithStorageDir(storage))
+	set := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test")), cache.WithStorageDir(storage))
 	c := set.Cache("registry.test")
 	ctx := testCtx(t)
 
@@ -464,7 +465,7 @@ func TestKilledFetchingProcessIsTakenOver(t *testing.T) {
 
 // waitStored waits until a blob's download has been verified and renamed
 // into place, and its fill files are gone.
-func waitStored(t *testing.T, c *cachetest.Cache, d v1.Hash) {
+func waitStored(t *testing.T, c *cache.Cache, d v1.Hash) {
 	t.Helper()
 	require.Eventually(t, func() bool {
 		_, err := os.Stat(blobPath(c, d.Hex))

@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pullthrough/pullthrough/cache"
 	"github.com/pullthrough/pullthrough/cachetest"
 )
 
@@ -98,8 +99,8 @@ func TestErrorsSayWhatFailed(t *testing.T) {
 		{"push", answer(200, nil, ""), "", http.StatusMethodNotAllowed, "UNSUPPORTED", []string{"pulls only"}, 0, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			set := cachetest.New(t, cachetest.WithUpstreams(cachetest.Upstream{Host: "reg.test", URL: tc.url}),
-				cachetest.WithTimeouts(0, header, 0))
+			set := cachetest.New(t, cache.WithUpstreams(cache.Upstream{Host: "reg.test", URL: tc.url}),
+				cache.WithTimeouts(0, header, 0))
 			c := set.Cache("reg.test")
 			var got registryError
 			var took time.Duration
@@ -141,7 +142,7 @@ func TestDiskFullIs507(t *testing.T) {
 	up := newTestUpstream(t)
 	img, layer := bigImage(t, 2<<20, 61)
 	up.pushImage(t, "app:v1", img)
-	set := cachetest.New(t, cachetest.WithUpstreams(up.upstream("reg.test")), cachetest.WithStorageDir(dir))
+	set := cachetest.New(t, cache.WithUpstreams(up.upstream("reg.test")), cache.WithStorageDir(dir))
 	got, _ := getErr(t, set.Cache("reg.test").Endpoint()+"/v2/app/blobs/"+layerDigest(t, layer).String())
 	assert.Equal(t, http.StatusInsufficientStorage, got.status, got.msg)
 	assert.Contains(t, got.msg, "disk is full")

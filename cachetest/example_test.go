@@ -15,7 +15,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
-	"github.com/pullthrough/pullthrough/cachetest"
+	"github.com/pullthrough/pullthrough/cache"
 )
 
 // A cache in front of a local registry standing in for ghcr.io: the first
@@ -31,9 +31,9 @@ func Example() {
 
 	dir, _ := os.MkdirTemp("", "pullthrough-example-")
 	defer os.RemoveAll(dir)
-	set, err := cachetest.Start(context.Background(),
-		cachetest.WithUpstreams(cachetest.Upstream{Host: "ghcr.io", URL: upstream.URL}),
-		cachetest.WithStorageDir(dir))
+	set, err := cache.Start(context.Background(),
+		cache.WithUpstreams(cache.Upstream{Host: "ghcr.io", URL: upstream.URL}),
+		cache.WithStorageDir(dir))
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/pullthrough/pullthrough/cache"
 	"github.com/pullthrough/pullthrough/cachetest"
 )
 
@@ -26,7 +27,7 @@ func TestConcurrentColdPullsFetchEachBlobOnce(t *testing.T) {
 	img := up.push(t, "app:v1", 5)
 	// A slow upstream makes the three pulls overlap on every blob.
 	up.set(func(u *testUpstream) { u.blobDelay = 100 * time.Millisecond })
-	set := cachetest.New(t, cachetest.WithUpstreams(up.upstream("registry.test")))
+	set := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test")))
 	c := set.Cache("registry.test")
 	ctx := testCtx(t)
 	var g errgroup.Group
@@ -51,14 +52,14 @@ func TestOfflineModeWarmPullAsksUpstreamNothing(t *testing.T) {
 	ctx := testCtx(t)
 	u := up.upstream("registry.test")
 	// Fill the cache online with the tag TTL off, so only the mode decides.
-	online := cachetest.New(t, cachetest.WithUpstreams(u), cachetest.WithStorageDir(dir), cachetest.WithTagTTL(-1))
+	online := cachetest.New(t, cache.WithUpstreams(u), cache.WithStorageDir(dir), cache.WithTagTTL(-1))
 	_, err := pull(ctx, online.Cache("registry.test"), "app:v1")
 	require.NoError(t, err)
 	require.NoError(t, online.Close())
 
 	up.total.Store(0)
-	offline := cachetest.New(t, cachetest.WithUpstreams(u), cachetest.WithStorageDir(dir),
-		cachetest.WithTagTTL(-1), cachetest.WithMode(cachetest.Offline))
+	offline := cachetest.New(t, cache.WithUpstreams(u), cache.WithStorageDir(dir),
+		cache.WithTagTTL(-1), cache.WithMode(cache.Offline))
 	got, err := pull(ctx, offline.Cache("registry.test"), "app:v1")
 	require.NoError(t, err)
 	assert.Equal(t, digestOf(t, img), got)
@@ -69,7 +70,7 @@ func TestOfflineModeWarmPullAsksUpstreamNothing(t *testing.T) {
 func TestStrictModeNamesWhatIsNotCached(t *testing.T) {
 	up := newTestUpstream(t)
 	up.push(t, "app:v1", 7)
-	set := cachetest.New(t, cachetest.WithUpstreams(up.upstream("registry.test")), cachetest.WithMode(cachetest.Strict))
+	set := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test")), cache.WithMode(cache.Strict))
 	_, err := pull(testCtx(t), set.Cache("registry.test"), "app:v1")
 	require.Error(t, err)
 	assert.ErrorContains(t, err, "registry.test/app:v1 is not cached")
@@ -84,7 +85,7 @@ func TestUnreachableAtStartThenBack(t *testing.T) {
 	addr := l.Addr().String()
 	require.NoError(t, l.Close())
 
-	set := cachetest.New(t, cachetest.WithUpstreams(cachetest.Upstream{Host: "registry.test", URL: "http://" + addr}))
+	set := cachetest.New(t, cache.WithUpstreams(cache.Upstream{Host: "registry.test", URL: "http://" + addr}))
 	c := set.Cache("registry.test")
 	_, err = pull(testCtx(t), c, "app:v1")
 	require.Error(t, err, "nothing cached and upstream down")
@@ -108,8 +109,8 @@ func TestHungUpstreamFallsBackToCache(t *testing.T) {
 	up := newTestUpstream(t)
 	img := up.push(t, "app:v1", 9)
 	// Revalidate on every pull, so the warm pull does ask the hung upstream.
-	set := cachetest.New(t, cachetest.WithUpstreams(up.upstream("registry.test")), cachetest.WithTagTTL(-1),
-		cachetest.WithTimeouts(0, 0, 200*time.Millisecond))
+	set := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test")), cache.WithTagTTL(-1),
+		cache.WithTimeouts(0, 0, 200*time.Millisecond))
 	c := set.Cache("registry.test")
 	ctx := testCtx(t)
 	_, err := pull(ctx, c, "app:v1")
@@ -131,7 +132,7 @@ func TestHungUpstreamFallsBackToCache(t *testing.T) {
 func TestRefusedUpstreamStillServesCached(t *testing.T) {
 	up := newTestUpstream(t)
 	img := up.push(t, "app:v1", 10)
-	set := cachetest.New(t, cachetest.WithUpstreams(up.upstream("registry.test")), cachetest.WithTagTTL(-1))
+	set := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test")), cache.WithTagTTL(-1))
 	c := set.Cache("registry.test")
 	ctx := testCtx(t)
 	_, err := pull(ctx, c, "app:v1")
@@ -147,7 +148,7 @@ func TestBlobCutMidwayIsNeverCached(t *testing.T) {
 	img := up.push(t, "app:v1", 11)
 	up.set(func(u *testUpstream) { u.cutAfter = 10 << 10 })
 	dir := t.TempDir()
-	set := cachetest.New(t, cachetest.WithUpstreams(up.upstream("registry.test")), cachetest.WithStorageDir(dir))
+	set := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test")), cache.WithStorageDir(dir))
 	c := set.Cache("registry.test")
 	ctx := testCtx(t)
 	_, err := pull(ctx, c, "app:v1")
@@ -173,7 +174,7 @@ func TestBlobCutMidwayIsNeverCached(t *testing.T) {
 }
 
 // blobPath is where a cache keeps a blob (internal/cache/store.go).
-func blobPath(c *cachetest.Cache, hex string) string {
+func blobPath(c *cache.Cache, hex string) string {
 	return filepath.Join(c.StorageDir(), "v2/blobs/sha256", hex)
 }
 
@@ -184,16 +185,16 @@ func TestCredentialsStayInside(t *testing.T) {
 	up.set(func(u *testUpstream) { u.user, u.pass = "robot", password })
 	var logs strings.Builder
 	u := up.upstream("registry.test")
-	u.Credentials = cachetest.BasicAuth("robot", password)
-	set := cachetest.New(t, cachetest.WithUpstreams(u), cachetest.WithLogger(newTextLogger(&logs)))
+	u.Credentials = cache.BasicAuth("robot", password)
+	set := cachetest.New(t, cache.WithUpstreams(u), cache.WithLogger(newTextLogger(&logs)))
 	got, err := pull(testCtx(t), set.Cache("registry.test"), "app:v1")
 	require.NoError(t, err)
 	assert.Equal(t, digestOf(t, img), got)
 
 	// And with a wrong password: the error must not carry the secret either.
 	bad := up.upstream("bad.test")
-	bad.Credentials = cachetest.BasicAuth("robot", password+"-wrong")
-	badSet := cachetest.New(t, cachetest.WithUpstreams(bad), cachetest.WithLogger(newTextLogger(&logs)))
+	bad.Credentials = cache.BasicAuth("robot", password+"-wrong")
+	badSet := cachetest.New(t, cache.WithUpstreams(bad), cache.WithLogger(newTextLogger(&logs)))
 	_, pullErr := pull(testCtx(t), badSet.Cache("bad.test"), "app:v1")
 	require.Error(t, pullErr)
 	assert.Contains(t, logs.String(), "refused", "a refused login is logged")
@@ -213,7 +214,7 @@ func TestCredentialsStayInside(t *testing.T) {
 func TestClientOutsideLocalNetworksIsRefused(t *testing.T) {
 	up := newTestUpstream(t)
 	up.push(t, "app:v1", 13)
-	set := cachetest.New(t, cachetest.WithUpstreams(up.upstream("registry.test")))
+	set := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test")))
 	rec := httptest.NewRecorder()
 	req := httptest.NewRequest(http.MethodGet, "/v2/app/manifests/v1", nil)
 	req.RemoteAddr = "198.51.100.7:40000" // TEST-NET-2: on no interface of this host
@@ -222,13 +223,13 @@ func TestClientOutsideLocalNetworksIsRefused(t *testing.T) {
 	assert.Contains(t, rec.Body.String(), "198.51.100.7")
 	assert.Zero(t, up.total.Load())
 
-	open := cachetest.New(t, cachetest.WithUpstreams(up.upstream("registry.test")), cachetest.WithAllowedClients("198.51.100.0/24"))
+	open := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test")), cache.WithAllowedClients("198.51.100.0/24"))
 	rec = httptest.NewRecorder()
 	cacheHandler(t, open, "registry.test").ServeHTTP(rec, req)
 	assert.Equal(t, http.StatusOK, rec.Code)
 }
 
-func cacheHandler(t *testing.T, set *cachetest.Set, host string) http.Handler {
+func cacheHandler(t *testing.T, set *cache.Set, host string) http.Handler {
 	t.Helper()
 	h := set.Cache(host).Handler()
 	require.NotNil(t, h)
@@ -268,8 +269,8 @@ func TestCredentialHelperIsAskedAndNeverShown(t *testing.T) {
 
 	var logs strings.Builder
 	u := up.upstream("registry.test")
-	u.Credentials = cachetest.FromCredentialHelper("pttest")
-	set := cachetest.New(t, cachetest.WithUpstreams(u), cachetest.WithLogger(newTextLogger(&logs)))
+	u.Credentials = cache.FromCredentialHelper("pttest")
+	set := cachetest.New(t, cache.WithUpstreams(u), cache.WithLogger(newTextLogger(&logs)))
 	got, err := pull(testCtx(t), set.Cache("registry.test"), "app:v1")
 	require.NoError(t, err)
 	assert.Equal(t, digestOf(t, img), got)
@@ -278,12 +279,12 @@ func TestCredentialHelperIsAskedAndNeverShown(t *testing.T) {
 	// A helper without a login for the host is an error, not anonymous.
 	other := u
 	other.Host = "other.test"
-	_, err = cachetest.Start(testCtx(t), cachetest.WithUpstreams(other), cachetest.WithStorageDir(t.TempDir()))
+	_, err = cache.Start(testCtx(t), cache.WithUpstreams(other), cache.WithStorageDir(t.TempDir()))
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "credentials not found")
 
-	u.Credentials = cachetest.FromCredentialHelper("pt-missing-helper")
-	_, err = cachetest.Start(testCtx(t), cachetest.WithUpstreams(u), cachetest.WithStorageDir(t.TempDir()))
+	u.Credentials = cache.FromCredentialHelper("pt-missing-helper")
+	_, err = cache.Start(testCtx(t), cache.WithUpstreams(u), cache.WithStorageDir(t.TempDir()))
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), `credential helper "pt-missing-helper"`)
 }

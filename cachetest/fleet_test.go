@@ -15,12 +15,13 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pullthrough/pullthrough/cache"
 	"github.com/pullthrough/pullthrough/cachetest"
 )
 
 // tierUpstream is the upstream as a fleet member sees it: the fleet tier
 // first, the origin last.
-func tierUpstream(origin *testUpstream, tiers ...string) cachetest.Upstream {
+func tierUpstream(origin *testUpstream, tiers ...string) cache.Upstream {
 	u := origin.upstream("registry.test")
 	u.Tiers = tiers
 	return u
@@ -30,8 +31,8 @@ func TestChainThroughAFleetTier(t *testing.T) {
 	origin := newTestUpstream(t)
 	img := origin.push(t, "app:v1", 71)
 	// The fleet tier: a pullthrough cache in front of the origin.
-	tier := cachetest.New(t, cachetest.WithUpstreams(origin.upstream("registry.test")))
-	runner1 := cachetest.New(t, cachetest.WithUpstreams(tierUpstream(origin, tier.Cache("registry.test").Endpoint())))
+	tier := cachetest.New(t, cache.WithUpstreams(origin.upstream("registry.test")))
+	runner1 := cachetest.New(t, cache.WithUpstreams(tierUpstream(origin, tier.Cache("registry.test").Endpoint())))
 	got, err := pull(testCtx(t), runner1.Cache("registry.test"), "app:v1")
 	require.NoError(t, err)
 	assert.Equal(t, digestOf(t, img), got)
@@ -43,7 +44,7 @@ func TestChainThroughAFleetTier(t *testing.T) {
 	// A second runner, cold: the tier is warm, the origin sees nothing.
 	origin.blobGETs.Store(0)
 	origin.total.Store(0)
-	runner2 := cachetest.New(t, cachetest.WithUpstreams(tierUpstream(origin, tier.Cache("registry.test").Endpoint())))
+	runner2 := cachetest.New(t, cache.WithUpstreams(tierUpstream(origin, tier.Cache("registry.test").Endpoint())))
 	_, err = pull(testCtx(t), runner2.Cache("registry.test"), "app:v1")
 	require.NoError(t, err)
 	assert.Zero(t, origin.total.Load(), "the origin was asked although the tier held everything")
@@ -56,7 +57,7 @@ func TestChainSkipsATierThatIsDown(t *testing.T) {
 	require.NoError(t, err)
 	refused := "http://" + l.Addr().String()
 	l.Close()
-	c := cachetest.New(t, cachetest.WithUpstreams(tierUpstream(origin, refused))).Cache("registry.test")
+	c := cachetest.New(t, cache.WithUpstreams(tierUpstream(origin, refused))).Cache("registry.test")
 	got, err := pull(testCtx(t), c, "app:v1")
 	require.NoError(t, err, "a tier that refuses costs nothing but a failed connection")
 	assert.Equal(t, digestOf(t, img), got)
@@ -77,7 +78,7 @@ func TestChainBoundsAHungTier(t *testing.T) {
 	}))
 	t.Cleanup(func() { close(hang); hung.Close() })
 	const tierTimeout = 300 * time.Millisecond
-	c := cachetest.New(t, cachetest.WithUpstreams(tierUpstream(origin, hung.URL)), cachetest.WithTierTimeout(tierTimeout)).Cache("registry.test")
+	c := cachetest.New(t, cache.WithUpstreams(tierUpstream(origin, hung.URL)), cache.WithTierTimeout(tierTimeout)).Cache("registry.test")
 	start := time.Now()
 	got, err := pull(testCtx(t), c, "app:v1")
 	took := time.Since(start)
@@ -90,7 +91,7 @@ func TestChainBoundsAHungTier(t *testing.T) {
 func TestChainWithARepositoryPrefix(t *testing.T) {
 	origin := newTestUpstream(t)
 	img := origin.push(t, "library/app:v1", 74)
-	tier := cachetest.New(t, cachetest.WithUpstreams(origin.upstream("registry.test")))
+	tier := cachetest.New(t, cache.WithUpstreams(origin.upstream("registry.test")))
 	// A Harbor-shaped tier: the proxy project is a path prefix.
 	var sawPrefix bool
 	harbor := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -104,7 +105,7 @@ func TestChainWithARepositoryPrefix(t *testing.T) {
 		tier.Cache("registry.test").Handler().ServeHTTP(w, r)
 	}))
 	t.Cleanup(harbor.Close)
-	c := cachetest.New(t, cachetest.WithUpstreams(tierUpstream(origin, harbor.URL+"/v2/dockerhub-proxy"))).Cache("registry.test")
+	c := cachetest.New(t, cache.WithUpstreams(tierUpstream(origin, harbor.URL+"/v2/dockerhub-proxy"))).Cache("registry.test")
 	got, err := pull(testCtx(t), c, "library/app:v1")
 	require.NoError(t, err)
 	assert.Equal(t, digestOf(t, img), got)
@@ -140,7 +141,7 @@ func TestChainToRegistry2(t *testing.T) {
 		}
 		return err == nil
 	}, 10*time.Second, 20*time.Millisecond)
-	c := cachetest.New(t, cachetest.WithUpstreams(tierUpstream(origin, "http://"+addr))).Cache("registry.test")
+	c := cachetest.New(t, cache.WithUpstreams(tierUpstream(origin, "http://"+addr))).Cache("registry.test")
 	got, err := pull(testCtx(t), c, "app:v1")
 	require.NoError(t, err)
 	assert.Equal(t, digestOf(t, img), got)

@@ -20,7 +20,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/stretchr/testify/require"
 
-	"github.com/pullthrough/pullthrough/cachetest"
+	"github.com/pullthrough/pullthrough/cache"
 )
 
 // testUpstream is go-containerregistry's in-memory registry behind a handler
@@ -221,12 +221,12 @@ func (u *testUpstream) pushImage(tb testing.TB, repoTag string, img v1.Image) {
 	u.sent.Store(0)
 }
 
-func (u *testUpstream) upstream(host string) cachetest.Upstream {
-	return cachetest.Upstream{Host: host, URL: u.URL}
+func (u *testUpstream) upstream(host string) cache.Upstream {
+	return cache.Upstream{Host: host, URL: u.URL}
 }
 
 // pull reads a whole image, every layer, through a cache.
-func pull(ctx context.Context, c *cachetest.Cache, repoTag string) (v1.Hash, error) {
+func pull(ctx context.Context, c *cache.Cache, repoTag string) (v1.Hash, error) {
 	ref, err := name.ParseReference(c.Addr()+"/"+repoTag, name.Insecure)
 	if err != nil {
 		return v1.Hash{}, err

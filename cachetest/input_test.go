@@ -9,37 +9,38 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pullthrough/pullthrough/cache"
 	"github.com/pullthrough/pullthrough/cachetest"
 )
 
 func TestBadInputIsNamed(t *testing.T) {
-	good := cachetest.Upstream{Host: "registry.test", URL: "http://127.0.0.1:1"}
+	good := cache.Upstream{Host: "registry.test", URL: "http://127.0.0.1:1"}
 	readOnly := filepath.Join(t.TempDir(), "ro")
 	require.NoError(t, os.MkdirAll(readOnly, 0o500))
 	notADir := filepath.Join(t.TempDir(), "file")
 	require.NoError(t, os.WriteFile(notADir, nil, 0o600))
-	withPort := func(p int) cachetest.Upstream { u := good; u.Port = p; return u }
+	withPort := func(p int) cache.Upstream { u := good; u.Port = p; return u }
 
 	for _, tc := range []struct {
 		name string
-		opts []cachetest.Option
+		opts []cache.Option
 		want string
 	}{
-		{"malformed URL", []cachetest.Option{cachetest.WithUpstreams(cachetest.Upstream{Host: "docker.io", URL: "registry-1.docker.io"})}, `URL "registry-1.docker.io"`},
-		{"URL with credentials", []cachetest.Option{cachetest.WithUpstreams(cachetest.Upstream{Host: "docker.io", URL: "https://u:p@registry-1.docker.io"})}, "without credentials"},
-		{"empty host", []cachetest.Option{cachetest.WithUpstreams(cachetest.Upstream{URL: "https://quay.io"})}, `upstream host ""`},
-		{"duplicate host", []cachetest.Option{cachetest.WithUpstreams(good, good)}, `"registry.test" is listed twice`},
-		{"no upstreams", []cachetest.Option{cachetest.WithUpstreams()}, "no upstreams"},
-		{"port out of range", []cachetest.Option{cachetest.WithUpstreams(withPort(70000)), cachetest.WithFixedPorts()}, "port 70000: want 1 to 65535"},
-		{"port zero with fixed ports", []cachetest.Option{cachetest.WithUpstreams(withPort(0)), cachetest.WithFixedPorts()}, "port 0: want 1 to 65535"},
-		{"address not on this host", []cachetest.Option{cachetest.WithUpstreams(good), cachetest.WithListenAddrs("192.0.2.55")}, "192.0.2.55"},
-		{"listen address not an IP", []cachetest.Option{cachetest.WithUpstreams(good), cachetest.WithListenAddrs("localhost")}, `listen address "localhost"`},
-		{"storage not a directory", []cachetest.Option{cachetest.WithUpstreams(good), cachetest.WithStorageDir(notADir)}, "is not writable"},
-		{"bad client network", []cachetest.Option{cachetest.WithUpstreams(good), cachetest.WithAllowedClients("10.0.0.0/33")}, `"10.0.0.0/33"`},
+		{"malformed URL", []cache.Option{cache.WithUpstreams(cache.Upstream{Host: "docker.io", URL: "registry-1.docker.io"})}, `URL "registry-1.docker.io"`},
+		{"URL with credentials", []cache.Option{cache.WithUpstreams(cache.Upstream{Host: "docker.io", URL: "https://u:p@registry-1.docker.io"})}, "carries credentials"},
+		{"empty host", []cache.Option{cache.WithUpstreams(cache.Upstream{URL: "https://quay.io"})}, `upstream host ""`},
+		{"duplicate host", []cache.Option{cache.WithUpstreams(good, good)}, `"registry.test" is listed twice`},
+		{"no upstreams", []cache.Option{cache.WithUpstreams()}, "no upstreams"},
+		{"port out of range", []cache.Option{cache.WithUpstreams(withPort(70000)), cache.WithFixedPorts()}, "port 70000: want 1 to 65535"},
+		{"port zero with fixed ports", []cache.Option{cache.WithUpstreams(withPort(0)), cache.WithFixedPorts()}, "port 0: want 1 to 65535"},
+		{"address not on this host", []cache.Option{cache.WithUpstreams(good), cache.WithListenAddrs("192.0.2.55")}, "192.0.2.55"},
+		{"listen address not an IP", []cache.Option{cache.WithUpstreams(good), cache.WithListenAddrs("localhost")}, `listen address "localhost"`},
+		{"storage not a directory", []cache.Option{cache.WithUpstreams(good), cache.WithStorageDir(notADir)}, "is not writable"},
+		{"bad client network", []cache.Option{cache.WithUpstreams(good), cache.WithAllowedClients("10.0.0.0/33")}, `"10.0.0.0/33"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			opts := append([]cachetest.Option{cachetest.WithStorageDir(t.TempDir())}, tc.opts...)
-			set, err := cachetest.Start(testCtx(t), opts...)
+			opts := append([]cache.Option{cache.WithStorageDir(t.TempDir())}, tc.opts...)
+			set, err := cache.Start(testCtx(t), opts...)
 			if set != nil {
 				set.Close()
 			}
@@ -48,18 +49,18 @@ func TestBadInputIsNamed(t *testing.T) {
 		})
 	}
 	if os.Geteuid() != 0 { // root writes anywhere
-		_, err := cachetest.Start(testCtx(t), cachetest.WithUpstreams(good), cachetest.WithStorageDir(readOnly))
+		_, err := cache.Start(testCtx(t), cache.WithUpstreams(good), cache.WithStorageDir(readOnly))
 		assert.ErrorContains(t, err, "is not writable")
 	}
-	_, err := cachetest.Start(testCtx(t), cachetest.WithUpstreams(good), cachetest.WithListenAddrs("192.0.2.55"), cachetest.WithStorageDir(t.TempDir()))
-	assert.ErrorIs(t, err, cachetest.ErrAddrNotLocal)
+	_, err := cache.Start(testCtx(t), cache.WithUpstreams(good), cache.WithListenAddrs("192.0.2.55"), cache.WithStorageDir(t.TempDir()))
+	assert.ErrorIs(t, err, cache.ErrAddrNotLocal)
 }
 
 func TestMirrors(t *testing.T) {
-	set := cachetest.New(t, cachetest.WithUpstreams(
-		cachetest.Upstream{Host: "docker.io", URL: "http://127.0.0.1:1"},
-		cachetest.Upstream{Host: "ghcr.io", URL: "http://127.0.0.1:2"},
-	), cachetest.WithListenAddrs("127.0.0.1"))
+	set := cachetest.New(t, cache.WithUpstreams(
+		cache.Upstream{Host: "docker.io", URL: "http://127.0.0.1:1"},
+		cache.Upstream{Host: "ghcr.io", URL: "http://127.0.0.1:2"},
+	), cache.WithListenAddrs("127.0.0.1"))
 	m, err := set.Mirrors("127.0.0.1")
 	require.NoError(t, err)
 	assert.Equal(t, map[string]string{
@@ -78,29 +79,29 @@ func TestMirrors(t *testing.T) {
 
 func TestBridgeAddresses(t *testing.T) {
 	for cidr, want := range map[string]string{"10.5.0.0/24": "10.5.0.1", "10.77.3.0/24": "10.77.3.1", "172.20.0.0/16": "172.20.0.1", "10.9.8.7/24": "10.9.8.1"} {
-		got, err := cachetest.GatewayIP(cidr)
+		got, err := cache.GatewayIP(cidr)
 		require.NoError(t, err)
 		assert.Equal(t, want, got, cidr)
 	}
 	for _, bad := range []string{"fd00::/64", "10.5.0.0/30", "10.5.0.0", "nonsense"} {
-		_, err := cachetest.GatewayIP(bad)
+		_, err := cache.GatewayIP(bad)
 		assert.ErrorContains(t, err, bad)
 	}
-	_, err := cachetest.InterfaceIP("pt-no-such0")
-	assert.ErrorIs(t, err, cachetest.ErrNoBridge)
+	_, err := cache.InterfaceIP("pt-no-such0")
+	assert.ErrorIs(t, err, cache.ErrNoBridge)
 	assert.ErrorContains(t, err, "pt-no-such0")
-	lo, err := cachetest.InterfaceIP("lo")
+	lo, err := cache.InterfaceIP("lo")
 	require.NoError(t, err)
 	assert.Equal(t, "127.0.0.1", lo)
 }
 
 func TestListenWithoutLoopback(t *testing.T) {
-	ip, err := cachetest.DockerBridgeIP()
+	ip, err := cache.DockerBridgeIP()
 	if err != nil {
 		skipUnlessCI(t, "no docker0 to listen on: %v", err)
 	}
-	set := cachetest.New(t, cachetest.WithUpstreams(cachetest.Upstream{Host: "registry.test", URL: "http://127.0.0.1:9"}),
-		cachetest.WithListenAddrs(ip))
+	set := cachetest.New(t, cache.WithUpstreams(cache.Upstream{Host: "registry.test", URL: "http://127.0.0.1:9"}),
+		cache.WithListenAddrs(ip))
 	assert.Equal(t, ip, strings.Split(set.Cache("registry.test").Addr(), ":")[0])
 	_, err = set.Mirrors("127.0.0.1")
 	assert.Error(t, err, "loopback is not a listen address here")

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pullthrough/pullthrough/cache"
 	"github.com/pullthrough/pullthrough/cachetest"
 )
 
@@ -79,13 +80,13 @@ func TestClientFromAnotherHostIsRefused(t *testing.T) {
 	up.push(t, "app:v1", 14)
 	u := up.upstream("registry.test")
 
-	closed := cachetest.New(t, cachetest.WithUpstreams(u), cachetest.WithListenAddrs("127.0.0.1", hostIP))
+	closed := cachetest.New(t, cache.WithUpstreams(u), cache.WithListenAddrs("127.0.0.1", hostIP))
 	url := fmt.Sprintf("http://%s:%d/v2/app/manifests/v1", hostIP, closed.Cache("registry.test").Port())
 	assert.Equal(t, "status: 403", fetchFrom(t, nsName, url), "a client on a non-bridge network was served")
 	assert.Zero(t, up.total.Load())
 
-	open := cachetest.New(t, cachetest.WithUpstreams(u), cachetest.WithListenAddrs("127.0.0.1", hostIP),
-		cachetest.WithAllowedClients(subnet))
+	open := cachetest.New(t, cache.WithUpstreams(u), cache.WithListenAddrs("127.0.0.1", hostIP),
+		cache.WithAllowedClients(subnet))
 	url = fmt.Sprintf("http://%s:%d/v2/app/manifests/v1", hostIP, open.Cache("registry.test").Port())
 	assert.Equal(t, "status: 200", fetchFrom(t, nsName, url))
 

@@ -8,26 +8,28 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/pullthrough/pullthrough/cache"
 )
 
-var current atomic.Pointer[Set]
+var current atomic.Pointer[cache.Set]
 
 // Main is for TestMain: it parses flags, starts the caches, runs the tests,
 // closes the caches and exits with the tests' code. Tests reach the set with
 // Get. If the caches cannot start, Main reports why on stderr, as the testing
 // package reports its own failures, and exits 1.
-func Main(m *testing.M, opts ...Option) {
+func Main(m *testing.M, opts ...cache.Option) {
 	os.Exit(Run(m, opts...))
 }
 
 // Run is Main without the exit, for a TestMain with work of its own to do
 // after the tests: it returns the code to exit with.
-func Run(m *testing.M, opts ...Option) int {
+func Run(m *testing.M, opts ...cache.Option) int {
 	if !flag.Parsed() {
 		flag.Parse()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	set, err := Start(ctx, opts...)
+	set, err := cache.Start(ctx, opts...)
 	cancel()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "cachetest.Main: %v\n", err)
@@ -46,7 +48,7 @@ func Run(m *testing.M, opts ...Option) int {
 }
 
 // Get returns the set Main started, and fails the test if there is none.
-func Get(tb testing.TB) *Set {
+func Get(tb testing.TB) *cache.Set {
 	tb.Helper()
 	s := current.Load()
 	if s == nil {
@@ -56,20 +58,14 @@ func Get(tb testing.TB) *Set {
 }
 
 // New starts a set for one test and closes it when the test ends. Storage is
-// a temporary directory unless WithStorageDir or WithPersistentStorage says
+// a temporary directory unless an option (cache.WithStorageDir) says
 // otherwise.
-func New(tb testing.TB, opts ...Option) *Set {
+func New(tb testing.TB, opts ...cache.Option) *cache.Set {
 	tb.Helper()
-	s := &settings{upstreams: DefaultUpstreams()}
-	for _, o := range opts {
-		o(s)
-	}
-	if s.storage == "" && !s.persist {
-		s.storage = tb.TempDir()
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	set, err := start(ctx, s)
+	all := append([]cache.Option{cache.WithStorageDir(tb.TempDir())}, opts...)
+	set, err := cache.Start(ctx, all...)
 	if err != nil {
 		tb.Fatalf("cachetest.New: %v", err)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pullthrough/pullthrough/cache"
 	"github.com/pullthrough/pullthrough/cachetest"
 )
 
@@ -51,12 +52,12 @@ func TestCredentialsNeverPrinted(t *testing.T) {
 	up := newTestUpstream(t)
 	up.push(t, "app:v1", 51)
 	u := up.upstream("registry.test")
-	u.Credentials = cachetest.BasicAuth("robot", leakPassword)
-	set := cachetest.New(t, cachetest.WithUpstreams(u))
+	u.Credentials = cache.BasicAuth("robot", leakPassword)
+	set := cachetest.New(t, cache.WithUpstreams(u))
 	basic := base64.StdEncoding.EncodeToString([]byte("robot:" + leakPassword))
 	for what, v := range map[string]any{
 		"Upstream": u, "*Upstream": &u, "Credentials": u.Credentials,
-		"*Cache": set.Cache("registry.test"), "*Set": set, "[]Upstream": []cachetest.Upstream{u},
+		"*Cache": set.Cache("registry.test"), "*Set": set, "[]Upstream": []cache.Upstream{u},
 		"Caches()": set.Caches(),
 	} {
 		for form, text := range everyForm(t, v) {
@@ -64,7 +65,7 @@ func TestCredentialsNeverPrinted(t *testing.T) {
 			assert.NotContains(t, text, basic, "%s printed with %s", what, form)
 		}
 	}
-	_, err := cachetest.Start(testCtx(t), cachetest.WithUpstreams(cachetest.Upstream{Host: "h.test", URL: "https://alice:" + leakPassword + "@h.test"}))
+	_, err := cache.Start(testCtx(t), cache.WithUpstreams(cache.Upstream{Host: "h.test", URL: "https://alice:" + leakPassword + "@h.test"}))
 	require.Error(t, err)
 	assert.NotContains(t, err.Error(), leakPassword, "a URL's password repeated in an error")
 	assert.Contains(t, err.Error(), "h.test")
@@ -107,8 +108,8 @@ func TestFailedAuthLogsNoSecretInAnyEncoding(t *testing.T) {
 			srv, _ := tokenRegistry(t, "robot", leakPassword)
 			var logs lockedBuffer
 			log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-			set := cachetest.New(t, cachetest.WithUpstreams(cachetest.Upstream{Host: "reg.test", URL: srv.URL, Credentials: cachetest.BasicAuth("robot", tc.pass)}),
-				cachetest.WithLogger(log))
+			set := cachetest.New(t, cache.WithUpstreams(cache.Upstream{Host: "reg.test", URL: srv.URL, Credentials: cache.BasicAuth("robot", tc.pass)}),
+				cache.WithLogger(log))
 			resp, err := http.Get(set.Cache("reg.test").Endpoint() + "/v2/app/manifests/v1")
 			require.NoError(t, err)
 			var body bytes.Buffer
@@ -153,7 +154,7 @@ func TestOnlyPullsReachUpstream(t *testing.T) {
 		w.WriteHeader(http.StatusNotFound)
 	}))
 	t.Cleanup(upSrv.Close)
-	set := cachetest.New(t, cachetest.WithUpstreams(cachetest.Upstream{Host: "reg.test", URL: upSrv.URL, Credentials: cachetest.BasicAuth("robot", leakPassword)}))
+	set := cachetest.New(t, cache.WithUpstreams(cache.Upstream{Host: "reg.test", URL: upSrv.URL, Credentials: cache.BasicAuth("robot", leakPassword)}))
 	upPort := upSrv.Listener.Addr().(*net.TCPAddr).Port
 	ports := listeningPorts(t)
 	require.Contains(t, ports, set.Cache("reg.test").Port())

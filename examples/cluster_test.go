@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pullthrough/pullthrough/cache"
 	"github.com/pullthrough/pullthrough/cachetest"
 	"github.com/pullthrough/pullthrough/fixtures"
 	"github.com/pullthrough/pullthrough/provisioners"
@@ -31,7 +32,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	code := cachetest.Run(m, cachetest.WithUpstreams(cachetest.UpstreamsFrom(ups.Mirrors())...), cachetest.WithStorageDir(dir))
+	code := cachetest.Run(m, cache.WithUpstreams(cache.UpstreamsFrom(ups.Mirrors())...), cache.WithStorageDir(dir))
 	ups.Close()
 	os.RemoveAll(dir)
 	os.Exit(code)

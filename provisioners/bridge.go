@@ -6,7 +6,7 @@ import (
 
 	"github.com/moby/moby/client"
 
-	"github.com/pullthrough/pullthrough/cachetest"
+	"github.com/pullthrough/pullthrough/cache"
 	"github.com/pullthrough/pullthrough/internal/dockerenv"
 )
 
@@ -15,9 +15,9 @@ import (
 // gateway for VMs on the qemu bridge.
 func bridgeAddr(ctx context.Context, spec Spec) (string, error) {
 	if spec.Provisioner == Qemu {
-		return cachetest.GatewayIP(spec.CIDR)
+		return cache.GatewayIP(spec.CIDR)
 	}
-	if ip, err := cachetest.DockerBridgeIP(); err == nil {
+	if ip, err := cache.DockerBridgeIP(); err == nil {
 		return ip, nil
 	}
 	// docker0 is not visible from here (a remote or rootless daemon): ask
@@ -36,5 +36,5 @@ func bridgeAddr(ctx context.Context, spec Spec) (string, error) {
 			return c.Gateway.String(), nil
 		}
 	}
-	return "", fmt.Errorf("docker's default bridge network has no gateway address: %w", cachetest.ErrNoBridge)
+	return "", fmt.Errorf("docker's default bridge network has no gateway address: %w", cache.ErrNoBridge)
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pullthrough/pullthrough/cache"
 	"github.com/pullthrough/pullthrough/cachetest"
 	"github.com/pullthrough/pullthrough/fixtures"
 	"github.com/pullthrough/pullthrough/internal/dockerenv"
@@ -51,7 +52,7 @@ func (l *logBuffer) String() string {
 type standinWorld struct {
 	cli       *client.Client
 	upstreams *fixtures.Upstreams
-	caches    *cachetest.Set
+	caches    *cache.Set
 	image     string
 }
 
@@ -59,15 +60,15 @@ func newStandinWorld(t *testing.T) standinWorld {
 	t.Helper()
 	cli := dockerenv.Require(t)
 	ups := fixtures.NewTalosUpstreams(t, provisioners.DefaultTalosVersion, fixtures.WithScale(0.002), fixtures.Unthrottled())
-	var cu []cachetest.Upstream
+	var cu []cache.Upstream
 	for _, u := range ups.Upstreams() {
-		cu = append(cu, cachetest.Upstream{Host: u.Host(), URL: u.URL()})
+		cu = append(cu, cache.Upstream{Host: u.Host(), URL: u.URL()})
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	img, err := fixtures.BuildStandinImage(ctx, cli, provisioners.DefaultTalosVersion, nil)
 	require.NoError(t, err)
-	return standinWorld{cli: cli, upstreams: ups, caches: cachetest.New(t, cachetest.WithUpstreams(cu...)), image: img}
+	return standinWorld{cli: cli, upstreams: ups, caches: cachetest.New(t, cache.WithUpstreams(cu...)), image: img}
 }
 
 // clusterSpec gives each test package run a name and network of its own.
@@ -111,7 +112,7 @@ func TestDockerClusterOfStandinsPullsThroughTheCaches(t *testing.T) {
 	assert.Equal(t, up.Requests(), total.UpstreamRequests, "cache and upstream counters agree")
 
 	// The config each container got in USERDATA names every cache at docker0.
-	bridge, err := cachetest.DockerBridgeIP()
+	bridge, err := cache.DockerBridgeIP()
 	require.NoError(t, err)
 	for _, n := range c.Nodes() {
 		info, err := w.cli.ContainerInspect(ctx, n.ID, client.ContainerInspectOptions{})
@@ -213,12 +214,12 @@ func TestMissingStandinImageIsNamed(t *testing.T) {
 func TestStrictBootWithAnImageMissingNamesIt(t *testing.T) {
 	w := newStandinWorld(t)
 	storage := t.TempDir()
-	var cu []cachetest.Upstream
+	var cu []cache.Upstream
 	for _, u := range w.upstreams.Upstreams() {
-		cu = append(cu, cachetest.Upstream{Host: u.Host(), URL: u.URL()})
+		cu = append(cu, cache.Upstream{Host: u.Host(), URL: u.URL()})
 	}
 	// Fill the storage with every image but one, through online caches.
-	online := cachetest.New(t, cachetest.WithUpstreams(cu...), cachetest.WithStorageDir(storage))
+	online := cachetest.New(t, cache.WithUpstreams(cu...), cache.WithStorageDir(storage))
 	var missing fixtures.Image
 	for _, img := range w.upstreams.Images() {
 		if img.Repository == "pause" {
@@ -230,7 +231,7 @@ func TestStrictBootWithAnImageMissingNamesIt(t *testing.T) {
 	require.NotEmpty(t, missing.Repository)
 	require.NoError(t, online.Close())
 
-	strict := cachetest.New(t, cachetest.WithUpstreams(cu...), cachetest.WithStorageDir(storage), cachetest.WithMode(cachetest.Strict))
+	strict := cachetest.New(t, cache.WithUpstreams(cu...), cache.WithStorageDir(storage), cache.WithMode(cache.Strict))
 	w.upstreams.ResetStats()
 	var log logBuffer
 	c := provisioners.New(t, clusterSpec(t, "strict", w.image, 2), provisioners.WithCaches(strict), provisioners.WithLogger(log.logger()),

@@ -3,14 +3,14 @@ package provisioners
 import (
 	"log/slog"
 
-	"github.com/pullthrough/pullthrough/cachetest"
+	"github.com/pullthrough/pullthrough/cache"
 )
 
 // Option changes how Create and New make a cluster. Order does not matter.
 type Option func(*settings)
 
 type settings struct {
-	caches       *cachetest.Set
+	caches       *cache.Set
 	mirrors      map[string]string
 	skipFallback bool
 	bridge       string
@@ -20,7 +20,7 @@ type settings struct {
 
 // WithCaches fills the registry mirrors from a running cache set: one mirror
 // per cached upstream, at the address nodes reach the host on.
-func WithCaches(s *cachetest.Set) Option { return func(o *settings) { o.caches = s } }
+func WithCaches(s *cache.Set) Option { return func(o *settings) { o.caches = s } }
 
 // WithMirrors sets the registry mirrors from a map of registry host to URL
 // ("docker.io" → "http://172.17.0.1:5000"), for caches this process did not

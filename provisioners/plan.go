@@ -19,7 +19,7 @@ import (
 	"github.com/siderolabs/talos/pkg/provision/providers/docker"
 	"github.com/siderolabs/talos/pkg/provision/providers/qemu"
 
-	"github.com/pullthrough/pullthrough/cachetest"
+	"github.com/pullthrough/pullthrough/cache"
 )
 
 // Plan is a cluster as talosctl would create it, before anything runs: the
@@ -88,7 +88,7 @@ func configure(ctx context.Context, spec Spec, o *settings) (*Plan, error) {
 			hosts = append(hosts, c.Host())
 			p.Mirrors[c.Host()] = m[c.Host()]
 		}
-		skipFallback = skipFallback || o.caches.Mode() == cachetest.Strict
+		skipFallback = skipFallback || o.caches.Mode() == cache.Strict
 	}
 	extra := make([]string, 0, len(o.mirrors))
 	for h, u := range o.mirrors {

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pullthrough/pullthrough/cache"
 	"github.com/pullthrough/pullthrough/cachetest"
 	"github.com/pullthrough/pullthrough/provisioners"
 )
@@ -29,16 +30,16 @@ func ctxFor(t *testing.T) context.Context {
 
 // Upstreams need not answer to configure a cluster: caches do not contact
 // them until a node pulls.
-func someCaches(t *testing.T, opts ...cachetest.Option) *cachetest.Set {
-	ups := []cachetest.Upstream{
+func someCaches(t *testing.T, opts ...cache.Option) *cache.Set {
+	ups := []cache.Upstream{
 		{Host: "registry.k8s.io", URL: "http://127.0.0.1:9"},
 		{Host: "ghcr.io", URL: "http://127.0.0.1:9"},
 	}
-	return cachetest.New(t, append([]cachetest.Option{cachetest.WithUpstreams(ups...)}, opts...)...)
+	return cachetest.New(t, append([]cache.Option{cache.WithUpstreams(ups...)}, opts...)...)
 }
 
 func TestConfigureDockerPutsOneMirrorPerCacheInEveryNode(t *testing.T) {
-	set := someCaches(t, cachetest.WithListenAddrs("127.0.0.1"))
+	set := someCaches(t, cache.WithListenAddrs("127.0.0.1"))
 	plan, err := provisioners.Configure(ctxFor(t), provisioners.Spec{
 		Name: "pt-plan", ControlPlanes: 1, Workers: 2, CIDR: "10.81.0.0/24", StateDir: t.TempDir(),
 	}, provisioners.WithCaches(set), provisioners.WithBridgeAddr("127.0.0.1"))
@@ -71,7 +72,7 @@ func TestConfigureDockerPutsOneMirrorPerCacheInEveryNode(t *testing.T) {
 }
 
 func TestConfigureDockerUsesDocker0(t *testing.T) {
-	bridge, err := cachetest.DockerBridgeIP()
+	bridge, err := cache.DockerBridgeIP()
 	if err != nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("CI=true and no docker0: %v", err)
@@ -86,7 +87,7 @@ func TestConfigureDockerUsesDocker0(t *testing.T) {
 }
 
 func TestConfigureQemuUsesTheClusterGateway(t *testing.T) {
-	set := someCaches(t, cachetest.WithListenAll())
+	set := someCaches(t, cache.WithListenAll())
 	plan, err := provisioners.Configure(ctxFor(t), provisioners.Spec{
 		Name: "pt-qemu", Provisioner: provisioners.Qemu, ControlPlanes: 1, Workers: 1,
 		CIDR: "10.82.7.0/24", StateDir: t.TempDir(),
@@ -127,7 +128,7 @@ func TestBadSpecsAreNamed(t *testing.T) {
 		})
 	}
 
-	set := someCaches(t, cachetest.WithListenAddrs("127.0.0.1"))
+	set := someCaches(t, cache.WithListenAddrs("127.0.0.1"))
 	_, err := provisioners.Configure(ctxFor(t), ok, provisioners.WithCaches(set), provisioners.WithBridgeAddr("10.84.0.1"))
 	assert.ErrorContains(t, err, "mirror address 10.84.0.1", "caches that nodes could not reach")
 }
@@ -168,7 +169,7 @@ func TestTestBinaryServesAsQemuLauncher(t *testing.T) {
 }
 
 func TestConfigureWithMirrorsAndSkipFallback(t *testing.T) {
-	strict := someCaches(t, cachetest.WithListenAddrs("127.0.0.1"), cachetest.WithMode(cachetest.Strict))
+	strict := someCaches(t, cache.WithListenAddrs("127.0.0.1"), cache.WithMode(cache.Strict))
 	plan, err := provisioners.Configure(ctxFor(t), provisioners.Spec{
 		Name: "pt-strict", ControlPlanes: 1, CIDR: "10.82.0.0/24", StateDir: t.TempDir(),
 	}, provisioners.WithCaches(strict), provisioners.WithBridgeAddr("127.0.0.1"),
@@ -199,7 +200,7 @@ func TestConfigureWithMirrorsAndSkipFallback(t *testing.T) {
 // The test swaps os.Stderr and os.Stdout, so it does not run in parallel.
 func TestConfigurePrintsNothing(t *testing.T) {
 	printed := captureStdio(t)
-	set := someCaches(t, cachetest.WithListenAddrs("127.0.0.1"))
+	set := someCaches(t, cache.WithListenAddrs("127.0.0.1"))
 	var log strings.Builder
 	for _, kind := range []string{provisioners.Docker, provisioners.Qemu} {
 		spec := provisioners.Spec{Name: "pt-quiet-" + kind, Provisioner: kind, ControlPlanes: 1, Workers: 1,

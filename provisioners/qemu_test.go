@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pullthrough/pullthrough/cache"
 	"github.com/pullthrough/pullthrough/cachetest"
 	"github.com/pullthrough/pullthrough/fixtures"
 	"github.com/pullthrough/pullthrough/provisioners"
@@ -48,13 +49,13 @@ func standinQemuSpec(t *testing.T, suffix string, third int) provisioners.Spec {
 func TestQemuClusterOfStandinVMsPullsThroughTheCaches(t *testing.T) {
 	spec := standinQemuSpec(t, "pull", 0)
 	ups := fixtures.NewTalosUpstreams(t, provisioners.DefaultTalosVersion, fixtures.WithScale(0.002), fixtures.Unthrottled())
-	var cu []cachetest.Upstream
+	var cu []cache.Upstream
 	for _, u := range ups.Upstreams() {
-		cu = append(cu, cachetest.Upstream{Host: u.Host(), URL: u.URL()})
+		cu = append(cu, cache.Upstream{Host: u.Host(), URL: u.URL()})
 	}
 	// The bridge appears only when the cluster is created: caches listen
 	// on all addresses so that they answer on its gateway.
-	caches := cachetest.New(t, cachetest.WithUpstreams(cu...), cachetest.WithListenAll())
+	caches := cachetest.New(t, cache.WithUpstreams(cu...), cache.WithListenAll())
 	netnsBefore := listDir(t, "/run/netns")
 
 	var log logBuffer
@@ -67,7 +68,7 @@ func TestQemuClusterOfStandinVMsPullsThroughTheCaches(t *testing.T) {
 	require.NoError(t, c.Wait(ctx), "provisioner log:\n%s\nconsoles:\n%s", log.String(), consoles(state))
 	t.Logf("two stand-in VMs booted and pulled in %s (%s)", time.Since(start).Round(time.Millisecond), c.Timings())
 
-	gateway, err := cachetest.GatewayIP(spec.CIDR)
+	gateway, err := cache.GatewayIP(spec.CIDR)
 	require.NoError(t, err)
 	want := map[string][]string{}
 	for _, cache := range caches.Caches() {

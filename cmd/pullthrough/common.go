@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -15,17 +16,19 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/pullthrough/pullthrough/cachetest"
-	"github.com/pullthrough/pullthrough/internal/cache"
+	"github.com/pullthrough/pullthrough/cache"
 )
 
 // cacheFlags are the flags every command that runs or finds caches takes.
 type cacheFlags struct {
 	upstreams []string
 	tiers     []string
+	helpers   []string
 	portsFrom int
 	storage   string
 	verbose   bool
+	tagTTL    time.Duration
+	stall     time.Duration
 }
 
 func (f *cacheFlags) register(cmd *cobra.Command) {
@@ -36,9 +39,62 @@ func (f *cacheFlags) register(cmd *cobra.Command) {
 	cmd.Flags().BoolVarP(&f.verbose, "verbose", "v", false, "log each cache's debug lines")
 }
 
+// registerRun adds the flags of commands that run caches (up, serve).
+func (f *cacheFlags) registerRun(cmd *cobra.Command) {
+	cmd.Flags().StringArrayVar(&f.helpers, "credential-helper", nil, "host=NAME: authenticate to that upstream with docker-credential-NAME (repeatable)")
+	cmd.Flags().DurationVar(&f.tagTTL, "tag-ttl", cache.DefaultTagTTL, "how long a tag confirmed by upstream is served without asking again (negative: always ask)")
+	cmd.Flags().DurationVar(&f.stall, "stall-timeout", cache.DefaultStallTimeout, "abandon a blob download that receives less than 32 KiB in this long")
+}
+
+// options are the cache options the flags make, the same for every
+// command that runs caches: one wiring path.
+func (f *cacheFlags) options(cmd *cobra.Command, m cache.Mode) ([]cache.Option, error) {
+	ups, err := f.list()
+	if err != nil {
+		return nil, err
+	}
+	for _, h := range f.helpers {
+		host, name, ok := strings.Cut(h, "=")
+		if !ok || host == "" || name == "" {
+			return nil, usagef("--credential-helper %q: want host=NAME, such as gcr.io=gcloud", h)
+		}
+		found := false
+		for i := range ups {
+			if ups[i].Host == host {
+				ups[i].Credentials, found = cache.FromCredentialHelper(name), true
+			}
+		}
+		if !found {
+			return nil, usagef("--credential-helper %q: no upstream %s (see --upstream)", h, host)
+		}
+	}
+	root, err := f.root()
+	if err != nil {
+		return nil, err
+	}
+	return []cache.Option{cache.WithUpstreams(ups...), cache.WithLogger(f.logger(cmd)), cache.WithMode(m),
+		cache.WithStorageDir(root), cache.WithTagTTL(f.tagTTL), cache.WithStallTimeout(f.stall)}, nil
+}
+
+// checkListen validates --listen.
+func checkListen(ip string) error {
+	if net.ParseIP(ip) == nil {
+		return usagef("--listen %q: want an IP address of this host, such as 0.0.0.0 or 10.0.0.5", ip)
+	}
+	return nil
+}
+
+// startError adds what a person can do about a port already taken.
+func startError(err error) error {
+	if errors.Is(err, cache.ErrPortInUse) {
+		return fmt.Errorf("%w\n(--ports-from N or --os-ports picks other ports; `pullthrough status` lists the caches running on this host)", err)
+	}
+	return err
+}
+
 // list returns the upstreams: the flags', with the guide's ports for the
 // hosts it knows, or the defaults.
-func (f *cacheFlags) list() ([]cachetest.Upstream, error) {
+func (f *cacheFlags) list() ([]cache.Upstream, error) {
 	out, err := f.parseUpstreams()
 	if err != nil {
 		return nil, err
@@ -70,20 +126,24 @@ func (f *cacheFlags) list() ([]cachetest.Upstream, error) {
 	return out, nil
 }
 
-func (f *cacheFlags) parseUpstreams() ([]cachetest.Upstream, error) {
+func (f *cacheFlags) parseUpstreams() ([]cache.Upstream, error) {
 	if len(f.upstreams) == 0 {
-		return cachetest.DefaultUpstreams(), nil
+		return cache.DefaultUpstreams(), nil
 	}
-	var out []cachetest.Upstream
+	var out []cache.Upstream
 	next := 5100
+	seen := map[string]bool{}
 	for _, v := range f.upstreams {
-		host, url, ok := strings.Cut(v, "=")
-		if !ok || host == "" || url == "" {
-			return nil, usagef("--upstream %q: want host=URL, such as docker.io=https://registry-1.docker.io", v)
+		u, err := cache.ParseUpstream(v)
+		if err != nil {
+			return nil, usagef("--upstream %q: %v", v, err)
 		}
-		u := cachetest.Upstream{Host: host, URL: url}
-		for _, d := range cachetest.DefaultUpstreams() {
-			if d.Host == host {
+		if seen[u.Host] {
+			return nil, usagef("--upstream %q: %s is given twice: want one --upstream per registry host", v, u.Host)
+		}
+		seen[u.Host] = true
+		for _, d := range cache.DefaultUpstreams() {
+			if d.Host == u.Host {
 				u.Port = d.Port
 			}
 		}
@@ -100,11 +160,11 @@ func (f *cacheFlags) root() (string, error) {
 	if f.storage != "" {
 		return f.storage, nil
 	}
-	dir, err := os.UserCacheDir()
+	root, err := cache.DefaultStorageRoot()
 	if err != nil {
-		return "", fmt.Errorf("finding the user cache directory: %w (use --storage)", err)
+		return "", fmt.Errorf("%w (use --storage)", err)
 	}
-	return filepath.Join(dir, "pullthrough"), nil
+	return root, nil
 }
 
 func (f *cacheFlags) logger(cmd *cobra.Command) *slog.Logger {
@@ -117,18 +177,18 @@ func (f *cacheFlags) logger(cmd *cobra.Command) *slog.Logger {
 
 // running is a cache found answering on a port of this host.
 type running struct {
-	Host     string          `json:"host"`
-	Addr     string          `json:"addr"`
-	Port     int             `json:"port"`
-	Mode     string          `json:"mode"`
-	Storage  string          `json:"storage"`
-	Stats    cachetest.Stats `json:"stats"`
-	DiskUsed int64           `json:"disk_used_bytes"`
+	Host     string      `json:"host"`
+	Addr     string      `json:"addr"`
+	Port     int         `json:"port"`
+	Mode     string      `json:"mode"`
+	Storage  string      `json:"storage"`
+	Stats    cache.Stats `json:"stats"`
+	DiskUsed int64       `json:"disk_used_bytes"`
 }
 
 // discover asks each upstream's port on loopback whether a pullthrough cache
 // serves it there, foreground or detached.
-func discover(ctx context.Context, ups []cachetest.Upstream) []running {
+func discover(ctx context.Context, ups []cache.Upstream) []running {
 	client := &http.Client{Timeout: 2 * time.Second}
 	var out []running
 	for _, u := range ups {
@@ -141,7 +201,7 @@ func discover(ctx context.Context, ups []cachetest.Upstream) []running {
 		if err != nil {
 			continue
 		}
-		var st cachetest.Stats
+		var st cache.Stats
 		err = json.NewDecoder(resp.Body).Decode(&st)
 		resp.Body.Close()
 		if err != nil || resp.StatusCode != http.StatusOK || resp.Header.Get(cache.HeaderUpstream) != u.Host {

@@ -13,7 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/pullthrough/pullthrough/cachetest"
+	"github.com/pullthrough/pullthrough/cache"
 )
 
 var formats = []string{"talosctl-docker", "talosctl-qemu", "talos-patch", "containerd", "k3s", "kind", "docker"}
@@ -60,7 +60,7 @@ with fixed ports) and prints them in the format asked:
 			addr := bridge
 			switch {
 			case format == "talosctl-qemu":
-				gw, err := cachetest.GatewayIP(cidr)
+				gw, err := cache.GatewayIP(cidr)
 				if err != nil {
 					return usagef("--cidr %q: %v", cidr, err)
 				}
@@ -68,7 +68,7 @@ with fixed ports) and prints them in the format asked:
 					addr = gw
 				}
 			case addr == "":
-				if addr, err = cachetest.DockerBridgeIP(); err != nil {
+				if addr, err = cache.DockerBridgeIP(); err != nil {
 					return fmt.Errorf("%w: name the address clients reach this host at with --bridge", err)
 				}
 			}
@@ -183,7 +183,7 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-func portList(ups []cachetest.Upstream) string {
+func portList(ups []cache.Upstream) string {
 	var ps []int
 	for _, u := range ups {
 		ps = append(ps, u.Port)

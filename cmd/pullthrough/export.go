@@ -9,7 +9,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/spf13/cobra"
 
-	"github.com/pullthrough/pullthrough/cachetest"
+	"github.com/pullthrough/pullthrough/cache"
 )
 
 func newExport() *cobra.Command {
@@ -44,7 +44,7 @@ command (exit 3) before anything is written.`,
 					return err
 				}
 			}
-			set, imgs, err := listCaches(cmd, &f, &l, args, cachetest.Strict)
+			set, imgs, err := listCaches(cmd, &f, &l, args, cache.Strict)
 			if err != nil {
 				return err
 			}

@@ -11,7 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/pullthrough/pullthrough/cachetest"
+	"github.com/pullthrough/pullthrough/cache"
 )
 
 // blobFile is one stored blob or manifest of one upstream's storage.
@@ -171,7 +171,7 @@ func newPurge() *cobra.Command {
 	return cmd
 }
 
-func mustList(f *cacheFlags) []cachetest.Upstream {
+func mustList(f *cacheFlags) []cache.Upstream {
 	ups, _ := f.list()
 	return ups
 }

@@ -15,7 +15,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/spf13/cobra"
 
-	"github.com/pullthrough/pullthrough/cachetest"
+	"github.com/pullthrough/pullthrough/cache"
 	"github.com/pullthrough/pullthrough/fixtures"
 )
 
@@ -111,7 +111,7 @@ func (l *listFlags) refs(cmd *cobra.Command, args []string) ([]image, error) {
 
 // listCaches reads the list a command was given and starts caches for it
 // (see startFor); the caller closes the set.
-func listCaches(cmd *cobra.Command, f *cacheFlags, l *listFlags, args []string, mode cachetest.Mode) (*cachetest.Set, []image, error) {
+func listCaches(cmd *cobra.Command, f *cacheFlags, l *listFlags, args []string, mode cache.Mode) (*cache.Set, []image, error) {
 	imgs, err := l.refs(cmd, args)
 	if err != nil {
 		return nil, nil, err
@@ -123,7 +123,7 @@ func listCaches(cmd *cobra.Command, f *cacheFlags, l *listFlags, args []string, 
 // startFor starts caches on loopback, on OS-chosen ports, over the storage
 // root, for the upstreams the list needs. Fills are shared with any other
 // pullthrough process on the same storage, so this is safe beside `up`.
-func startFor(ctx context.Context, f *cacheFlags, imgs []image, mode cachetest.Mode, cmd *cobra.Command) (*cachetest.Set, error) {
+func startFor(ctx context.Context, f *cacheFlags, imgs []image, mode cache.Mode, cmd *cobra.Command) (*cache.Set, error) {
 	ups, err := f.list()
 	if err != nil {
 		return nil, err
@@ -132,7 +132,7 @@ func startFor(ctx context.Context, f *cacheFlags, imgs []image, mode cachetest.M
 	for _, i := range imgs {
 		need[i.host] = true
 	}
-	var use []cachetest.Upstream
+	var use []cache.Upstream
 	for _, u := range ups {
 		if need[u.Host] {
 			use = append(use, u)
@@ -146,8 +146,8 @@ func startFor(ctx context.Context, f *cacheFlags, imgs []image, mode cachetest.M
 	if err != nil {
 		return nil, err
 	}
-	return cachetest.Start(ctx, cachetest.WithUpstreams(use...), cachetest.WithStorageDir(root),
-		cachetest.WithListenAddrs("127.0.0.1"), cachetest.WithMode(mode), cachetest.WithLogger(f.logger(cmd)))
+	return cache.Start(ctx, cache.WithUpstreams(use...), cache.WithStorageDir(root),
+		cache.WithListenAddrs("127.0.0.1"), cache.WithMode(mode), cache.WithLogger(f.logger(cmd)))
 }
 
 // pulled is one image read whole through a cache: every manifest, the
@@ -166,7 +166,7 @@ type pulled struct {
 
 // pullAll reads every image through the set, a few at a time; progress gets
 // each image's bytes as they arrive.
-func pullAll(ctx context.Context, set *cachetest.Set, imgs []image, platform string, p *progress) []pulled {
+func pullAll(ctx context.Context, set *cache.Set, imgs []image, platform string, p *progress) []pulled {
 	out := make([]pulled, len(imgs))
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 3)
@@ -184,7 +184,7 @@ func pullAll(ctx context.Context, set *cachetest.Set, imgs []image, platform str
 	return out
 }
 
-func pullOne(ctx context.Context, set *cachetest.Set, img image, platform string, p *progress) pulled {
+func pullOne(ctx context.Context, set *cache.Set, img image, platform string, p *progress) pulled {
 	r := pulled{img: img}
 	c := set.Cache(img.host)
 	ref, err := name.ParseReference(img.through(c.Addr()), name.Insecure)
@@ -284,7 +284,7 @@ func newPrefetch() *cobra.Command {
 caches' storage: manifests, config and every layer. Interrupted and run again, it continues
 with what is missing; a layer that was cut off is never stored or served.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			set, imgs, err := listCaches(cmd, &f, &l, args, cachetest.Online)
+			set, imgs, err := listCaches(cmd, &f, &l, args, cache.Online)
 			if err != nil {
 				return err
 			}
@@ -319,7 +319,7 @@ func newVerify() *cobra.Command {
 serve it (nothing is asked of any upstream): the index, the platform manifest, the config and
 every layer, each digest checked. It lists what is missing and exits 3 if anything is.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			set, imgs, err := listCaches(cmd, &f, &l, args, cachetest.Strict)
+			set, imgs, err := listCaches(cmd, &f, &l, args, cache.Strict)
 			if err != nil {
 				return err
 			}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -11,7 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/pullthrough/pullthrough/cachetest"
+	"github.com/pullthrough/pullthrough/cache"
 )
 
 func newUp() *cobra.Command {
@@ -28,15 +27,14 @@ Talos's qemu bridges only), prints the talosctl cluster create lines for the doc
 provisioners, serves until SIGINT or SIGTERM, then prints what each cache did.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ups, err := f.list()
-			if err != nil {
+			if _, err := f.list(); err != nil {
 				return err
 			}
 			m, err := parseMode(mode)
 			if err != nil {
 				return err
 			}
-			gw, err := cachetest.GatewayIP(cidr)
+			gw, err := cache.GatewayIP(cidr)
 			if err != nil {
 				return usagef("--cidr %q: %v", cidr, err)
 			}
@@ -50,29 +48,28 @@ provisioners, serves until SIGINT or SIGTERM, then prints what each cache did.`,
 				}
 				return detach(cmd, name, root)
 			}
-			opts := []cachetest.Option{cachetest.WithUpstreams(ups...), cachetest.WithLogger(f.logger(cmd)),
-				cachetest.WithMode(m), cachetest.WithStorageDir(root)}
+			opts, err := f.options(cmd, m)
+			if err != nil {
+				return err
+			}
 			if !osPorts {
-				opts = append(opts, cachetest.WithFixedPorts())
+				opts = append(opts, cache.WithFixedPorts())
 			}
 			if bridge == "" {
-				if bridge, err = cachetest.DockerBridgeIP(); err != nil {
+				if bridge, err = cache.DockerBridgeIP(); err != nil {
 					bridge = ""
 				}
 			}
 			if loopbackOnly {
-				opts = append(opts, cachetest.WithListenAddrs("127.0.0.1"))
+				opts = append(opts, cache.WithListenAddrs("127.0.0.1"))
 			} else {
-				opts = append(opts, cachetest.WithListenAll())
+				opts = append(opts, cache.WithListenAll())
 			}
 			startCtx, cancel := context.WithTimeout(cmd.Context(), time.Minute)
-			set, err := cachetest.Start(startCtx, opts...)
+			set, err := cache.Start(startCtx, opts...)
 			cancel()
-			if errors.Is(err, cachetest.ErrPortInUse) {
-				return fmt.Errorf("%w\n(--os-ports lets the system pick free ports; `pullthrough status` shows caches already running)", err)
-			}
 			if err != nil {
-				return err
+				return startError(err)
 			}
 			defer set.Close()
 			out := cmd.OutOrStdout()
@@ -107,6 +104,7 @@ provisioners, serves until SIGINT or SIGTERM, then prints what each cache did.`,
 		},
 	}
 	f.register(cmd)
+	f.registerRun(cmd)
 	cmd.Flags().BoolVar(&osPorts, "os-ports", false, "let the system pick free ports instead of the guide's 5000–5006")
 	cmd.Flags().BoolVar(&loopbackOnly, "loopback-only", false, "listen on 127.0.0.1 only (no nodes can reach the caches)")
 	cmd.Flags().StringVar(&bridge, "bridge", "", "address Docker nodes reach this host at (default: docker0's)")
@@ -117,14 +115,14 @@ provisioners, serves until SIGINT or SIGTERM, then prints what each cache did.`,
 	return cmd
 }
 
-func parseMode(s string) (cachetest.Mode, error) {
+func parseMode(s string) (cache.Mode, error) {
 	switch s {
 	case "online":
-		return cachetest.Online, nil
+		return cache.Online, nil
 	case "offline":
-		return cachetest.Offline, nil
+		return cache.Offline, nil
 	case "strict":
-		return cachetest.Strict, nil
+		return cache.Strict, nil
 	}
 	return 0, usagef("--mode %q: want online, offline or strict", s)
 }
@@ -132,7 +130,7 @@ func parseMode(s string) (cachetest.Mode, error) {
 // printTalosctl prints talosctl v1.13's command for a provisioner: the
 // docker and qemu forms are subcommands; a bare `talosctl cluster create`
 // is the developer command that always uses QEMU.
-func printTalosctl(w io.Writer, set *cachetest.Set, provisioner, addr, cidr string) {
+func printTalosctl(w io.Writer, set *cache.Set, provisioner, addr, cidr string) {
 	var lines []string
 	for _, c := range set.Caches() {
 		lines = append(lines, fmt.Sprintf("--registry-mirror %s=http://%s", c.Host(), net.JoinHostPort(addr, fmt.Sprint(c.Port()))))

@@ -4,7 +4,7 @@
 // the others stream that instance's download. Manifests are coordinated the
 // same way: one instance fetches, and leaves the manifest (or the upstream's
 // failure) in Redis for a short while for the others. It implements
-// cache.Fleet.
+// engine.Fleet.
 //
 // Storage and coordination are existing distributed engines; nothing here
 // stores data of its own. When Redis cannot be reached, Blob returns an
@@ -32,7 +32,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/pullthrough/pullthrough/internal/cache"
+	"github.com/pullthrough/pullthrough/internal/engine"
 )
 
 // Config is one upstream's share of the fleet.
@@ -68,7 +68,7 @@ type Fleet struct {
 	wg     sync.WaitGroup
 }
 
-var _ cache.Fleet = (*Fleet)(nil)
+var _ engine.Fleet = (*Fleet)(nil)
 
 // New connects to the bucket (which must exist) and to Redis. Redis being
 // down is not an error: the instance then works on its own until it is back.
@@ -109,7 +109,9 @@ func New(ctx context.Context, cfg Config) (*Fleet, error) {
 		log:   cfg.Logger,
 		renew: map[string]context.CancelFunc{},
 	}
-	if _, err := f.s3.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: aws.String(cfg.Bucket)}); err != nil {
+	hctx, cancel := context.WithTimeout(ctx, s3Timeout)
+	defer cancel()
+	if _, err := f.s3.HeadBucket(hctx, &s3.HeadBucketInput{Bucket: aws.String(cfg.Bucket)}); err != nil {
 		f.rdb.Close()
 		return nil, fmt.Errorf("fleet: bucket %q at %s: %w", cfg.Bucket, cfg.S3Endpoint, err)
 	}
@@ -135,7 +137,7 @@ func (f *Fleet) manifestKey(key string) string {
 	return "pullthrough:manifest:" + f.cfg.Prefix + key
 }
 
-// Blob implements cache.Fleet.
+// Blob implements engine.Fleet.
 func (f *Fleet) Blob(ctx context.Context, d digest.Digest) (io.ReadCloser, int64, bool, error) {
 	deadline := time.Now().Add(2*f.cfg.ClaimTTL + 5*time.Second)
 	for {
@@ -173,20 +175,55 @@ func (f *Fleet) Blob(ctx context.Context, d digest.Digest) (io.ReadCloser, int64
 	}
 }
 
+// s3Timeout bounds the wait for the bucket's answer: a hung S3 costs a
+// pull this much, then the origin is asked.
+const s3Timeout = 5 * time.Second
+
+// cancelBody ends a request's context when its body is closed.
+type cancelBody struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (b cancelBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
+}
+
 func (f *Fleet) stored(ctx context.Context, d digest.Digest) (io.ReadCloser, int64, bool) {
+	ctx, cancel := context.WithCancel(ctx)
+	t := time.AfterFunc(s3Timeout, cancel)
 	out, err := f.s3.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(f.cfg.Bucket), Key: aws.String(f.key(d))})
+	if !t.Stop() && err == nil {
+		out.Body.Close()
+		err = fmt.Errorf("no answer from the bucket in %s", s3Timeout)
+	}
 	if err != nil {
+		cancel()
 		var nk *s3types.NoSuchKey
 		if !errors.As(err, &nk) && !strings.Contains(err.Error(), "NotFound") {
 			f.log.Warn("fleet: reading shared storage", "digest", d, "error", err)
 		}
 		return nil, 0, false
 	}
-	return out.Body, aws.ToInt64(out.ContentLength), true
+	return cancelBody{out.Body, cancel}, aws.ToInt64(out.ContentLength), true
+}
+
+// Discard implements engine.Fleet: a damaged object is deleted from the
+// bucket, so that the next fetch of the blob goes to the origin.
+func (f *Fleet) Discard(ctx context.Context, d digest.Digest) {
+	ctx, cancel := context.WithTimeout(ctx, s3Timeout)
+	defer cancel()
+	if _, err := f.s3.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: aws.String(f.cfg.Bucket), Key: aws.String(f.key(d))}); err != nil {
+		f.log.Warn("fleet: removing a damaged blob from the bucket", "digest", d, "error", err)
+		return
+	}
+	f.log.Warn("fleet: removed a damaged blob from the bucket; it is fetched from the origin again", "digest", d)
 }
 
 func (f *Fleet) fromPeer(ctx context.Context, owner string, d digest.Digest) (io.ReadCloser, int64, bool) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(owner, "/")+cache.FillPath+d.String(), nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(owner, "/")+engine.FillPath+d.String(), nil)
 	if err != nil {
 		return nil, 0, false
 	}
@@ -233,7 +270,7 @@ func (f *Fleet) keepClaim(claim string) {
 	}()
 }
 
-// Done implements cache.Fleet: a verified blob is put in shared storage
+// Done implements engine.Fleet: a verified blob is put in shared storage
 // before the claim goes, so an instance that finds no claim finds the blob.
 func (f *Fleet) Done(ctx context.Context, d digest.Digest, path string) {
 	f.stopRenewing(f.claimKey(d))
@@ -260,7 +297,7 @@ func (f *Fleet) release(ctx context.Context, claim string) {
 	}
 }
 
-// Manifest implements cache.Fleet: the record another instance left for key
+// Manifest implements engine.Fleet: the record another instance left for key
 // in Redis, or the claim to fetch it. While another instance holds the
 // claim, it waits (a manifest fetch is bounded; ctx bounds the wait).
 func (f *Fleet) Manifest(ctx context.Context, key string) ([]byte, bool, error) {
@@ -295,7 +332,7 @@ func (f *Fleet) Manifest(ctx context.Context, key string) ([]byte, bool, error) 
 	}
 }
 
-// ManifestDone implements cache.Fleet: the record is set before the claim
+// ManifestDone implements engine.Fleet: the record is set before the claim
 // goes, so an instance that finds no claim finds the record.
 func (f *Fleet) ManifestDone(ctx context.Context, key string, record []byte, ttl time.Duration) {
 	claim := f.manifestClaimKey(key)
@@ -318,6 +355,8 @@ func (f *Fleet) put(ctx context.Context, d digest.Digest, path string) error {
 	if err != nil {
 		return err
 	}
+	ctx, cancel := context.WithTimeout(ctx, 10*s3Timeout)
+	defer cancel()
 	_, err = f.s3.PutObject(ctx, &s3.PutObjectInput{
 		Bucket: aws.String(f.cfg.Bucket), Key: aws.String(f.key(d)), Body: file, ContentLength: aws.Int64(st.Size()),
 	})

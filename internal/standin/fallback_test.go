@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pullthrough/pullthrough/cache"
 	"github.com/pullthrough/pullthrough/cachetest"
 	"github.com/pullthrough/pullthrough/fixtures"
 	"github.com/pullthrough/pullthrough/internal/standin"
@@ -24,15 +25,15 @@ const missingRef = "registry.k8s.io/kube-proxy:v1.36.0"
 // strictCachesMissingOne starts fixtures upstreams (registry profiles: token
 // dance, CDN, indexes) and strict caches holding every boot image but
 // kube-proxy, warmed through online caches on the same storage.
-func strictCachesMissingOne(t *testing.T) (*fixtures.Upstreams, *cachetest.Set) {
+func strictCachesMissingOne(t *testing.T) (*fixtures.Upstreams, *cache.Set) {
 	t.Helper()
 	ups := fixtures.NewTalosUpstreams(t, "v1.13.0", fixtures.WithScale(0.002), fixtures.Unthrottled())
-	var cu []cachetest.Upstream
+	var cu []cache.Upstream
 	for _, u := range ups.Upstreams() {
-		cu = append(cu, cachetest.Upstream{Host: u.Host(), URL: u.URL()})
+		cu = append(cu, cache.Upstream{Host: u.Host(), URL: u.URL()})
 	}
 	dir := t.TempDir()
-	online := cachetest.New(t, cachetest.WithUpstreams(cu...), cachetest.WithListenAddrs("127.0.0.1"), cachetest.WithStorageDir(dir))
+	online := cachetest.New(t, cache.WithUpstreams(cu...), cache.WithListenAddrs("127.0.0.1"), cache.WithStorageDir(dir))
 	tr := &http.Transport{}
 	t.Cleanup(tr.CloseIdleConnections)
 	for _, img := range ups.Images() {
@@ -56,11 +57,11 @@ func strictCachesMissingOne(t *testing.T) (*fixtures.Upstreams, *cachetest.Set) 
 		}
 	}
 	require.NoError(t, online.Close())
-	return ups, cachetest.New(t, cachetest.WithUpstreams(cu...), cachetest.WithListenAddrs("127.0.0.1"),
-		cachetest.WithStorageDir(dir), cachetest.WithMode(cachetest.Strict))
+	return ups, cachetest.New(t, cache.WithUpstreams(cu...), cache.WithListenAddrs("127.0.0.1"),
+		cache.WithStorageDir(dir), cache.WithMode(cache.Strict))
 }
 
-func mirrorsOf(set *cachetest.Set) map[string][]string {
+func mirrorsOf(set *cache.Set) map[string][]string {
 	m := map[string][]string{}
 	for _, c := range set.Caches() {
 		m[c.Host()] = []string{c.Endpoint()}

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pullthrough/pullthrough/cache"
 	"github.com/pullthrough/pullthrough/cachetest"
 	"github.com/pullthrough/pullthrough/internal/standin"
 )
@@ -39,11 +40,11 @@ func seedAll(t *testing.T) (map[string]*upstream, map[string]expect) {
 
 func TestPullsTheBootSetThroughCachesAsServed(t *testing.T) {
 	ups, want := seedAll(t)
-	var cacheUps []cachetest.Upstream
+	var cacheUps []cache.Upstream
 	for host, u := range ups {
-		cacheUps = append(cacheUps, cachetest.Upstream{Host: host, URL: u.URL})
+		cacheUps = append(cacheUps, cache.Upstream{Host: host, URL: u.URL})
 	}
-	set := cachetest.New(t, cachetest.WithUpstreams(cacheUps...), cachetest.WithListenAddrs("127.0.0.1"))
+	set := cachetest.New(t, cache.WithUpstreams(cacheUps...), cache.WithListenAddrs("127.0.0.1"))
 	mirrors := map[string][]string{}
 	for _, c := range set.Caches() {
 		mirrors[c.Host()] = []string{c.Endpoint()}

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pullthrough/pullthrough/cache"
 	"github.com/pullthrough/pullthrough/cachetest"
 	"github.com/pullthrough/pullthrough/fixtures"
 )
@@ -27,16 +28,16 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	upstreams = ups
-	var cu []cachetest.Upstream
+	var cu []cache.Upstream
 	for _, u := range ups.Upstreams() {
-		cu = append(cu, cachetest.Upstream{Host: u.Host(), URL: u.URL()})
+		cu = append(cu, cache.Upstream{Host: u.Host(), URL: u.URL()})
 	}
 	dir, err := os.MkdirTemp("", "pullthrough-maintest-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	code := cachetest.Run(m, cachetest.WithUpstreams(cu...), cachetest.WithStorageDir(dir))
+	code := cachetest.Run(m, cache.WithUpstreams(cu...), cache.WithStorageDir(dir))
 	ups.Close()
 	os.RemoveAll(dir)
 	os.Exit(code)

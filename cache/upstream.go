@@ -1,4 +1,4 @@
-package cachetest
+package cache
 
 import (
 	"crypto/sha256"
@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/url"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -83,7 +84,7 @@ func (u Upstream) String() string {
 }
 
 // GoString is what %#v prints: no credentials.
-func (u Upstream) GoString() string { return "cachetest.Upstream{" + u.String() + "}" }
+func (u Upstream) GoString() string { return "cache.Upstream{" + u.String() + "}" }
 
 // Format makes every fmt verb print String (or GoString for %#v).
 func (u Upstream) Format(f fmt.State, verb rune) { formatRedacted(f, verb, u.String(), u.GoString()) }
@@ -125,13 +126,36 @@ func redactURL(raw string) string {
 	}
 	return u.Redacted()
 }
+
+// registryHostRE is a registry host as image references name it: DNS
+// labels, an optional port.
+var registryHostRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:[0-9]{1,5})?$`)
+
+// ParseUpstream reads "host=URL", as the command's --upstream takes it:
+// "docker.io=https://registry-1.docker.io".
+func ParseUpstream(s string) (Upstream, error) {
+	host, raw, ok := strings.Cut(s, "=")
+	if !ok || host == "" || raw == "" {
+		return Upstream{}, fmt.Errorf("want host=URL, such as docker.io=https://registry-1.docker.io")
+	}
+	u := Upstream{Host: host, URL: raw}
+	if _, err := u.validate(); err != nil {
+		return Upstream{}, err
+	}
+	return u, nil
+}
+
+// validate is the one check of an upstream's host and URL.
 func (u Upstream) validate() (*url.URL, error) {
-	if u.Host == "" || strings.ContainsAny(u.Host, "/ ") {
-		return nil, fmt.Errorf("upstream host %q: want a registry host such as docker.io", u.Host)
+	if !registryHostRE.MatchString(u.Host) || len(u.Host) > 253 {
+		return nil, fmt.Errorf("upstream host %q: want a registry host as image names give it, such as docker.io or registry.local:5000", u.Host)
 	}
 	r, err := url.Parse(u.URL)
-	if err != nil || (r.Scheme != "http" && r.Scheme != "https") || r.Host == "" || r.User != nil {
-		return nil, fmt.Errorf("upstream %s: URL %q: want http:// or https:// and a host, without credentials (use Credentials: BasicAuth)", u.Host, redactURL(u.URL))
+	if err != nil || (r.Scheme != "http" && r.Scheme != "https") || r.Host == "" {
+		return nil, fmt.Errorf("upstream %s: URL %q: want http:// or https:// and a host, such as https://%s", u.Host, redactURL(u.URL), u.Host)
+	}
+	if r.User != nil {
+		return nil, fmt.Errorf("upstream %s: URL %s carries credentials: give them as the upstream's Credentials (the command's --credential-helper), never in the URL", u.Host, redactURL(u.URL))
 	}
 	return r, nil
 }

@@ -1,4 +1,4 @@
-package cache
+package engine
 
 import (
 	"crypto/sha256"
@@ -31,19 +31,135 @@ import (
 // Every write that others may read is a rename of a complete file, so a
 // reader in any process sees either nothing or the whole file.
 type store struct {
-	root string
+	root  string
+	inUse *os.File // a shared flock on root/in-use.lock while a cache runs
 }
 
-const layoutDir = "v2"
+// LayoutDir is the one directory under a cache's storage directory that the
+// engine writes: purge and gc remove it and nothing beside it.
+const LayoutDir = "v2"
+
+var layoutDirs = []string{"blobs/sha256", "types/sha256", "fills", "locks", "repos", "tmp"}
+
+// inUseLock is held shared by every running cache on a storage directory;
+// InUse takes it exclusively to learn whether any is running.
+const inUseLock = "in-use.lock"
 
 func openStore(dir string) (*store, error) {
-	s := &store{root: filepath.Join(dir, layoutDir)}
-	for _, d := range []string{"blobs/sha256", "types/sha256", "fills", "locks", "repos", "tmp"} {
+	s := &store{root: filepath.Join(dir, LayoutDir)}
+	if err := s.ensureLayout(); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(s.root, inUseLock), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("locking %s: %w", f.Name(), err)
+	}
+	s.inUse = f
+	return s, nil
+}
+
+// ensureLayout makes the layout's directories; a cache whose storage was
+// removed under it (a purge by hand) makes them again and goes on.
+func (s *store) ensureLayout() error {
+	for _, d := range layoutDirs {
 		if err := os.MkdirAll(filepath.Join(s.root, d), 0o755); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	return s, nil
+	return nil
+}
+
+// relock makes the layout and the in-use lock again when they were removed
+// under the running cache.
+func (s *store) relock() {
+	path := filepath.Join(s.root, inUseLock)
+	if _, err := os.Stat(path); err == nil {
+		return
+	}
+	if s.ensureLayout() != nil {
+		return
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return
+	}
+	if syscall.Flock(int(f.Fd()), syscall.LOCK_SH) != nil {
+		f.Close()
+		return
+	}
+	old := s.inUse
+	s.inUse = f
+	if old != nil {
+		old.Close()
+	}
+}
+
+func (s *store) close() {
+	if s.inUse != nil {
+		s.inUse.Close()
+	}
+}
+
+// InUse reports whether a running cache (of any process) serves from the
+// storage directory dir.
+func InUse(dir string) (bool, error) {
+	f, err := os.Open(filepath.Join(dir, LayoutDir, inUseLock))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+	if errors.Is(err, syscall.EWOULDBLOCK) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("locking %s: %w", f.Name(), err)
+	}
+	_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	return false, nil
+}
+
+// IsStorageDir reports whether dir holds a cache's storage: the engine's
+// layout directory and nothing the engine did not write, so that purge and
+// gc never touch a directory of the user's.
+func IsStorageDir(dir string) bool {
+	st, err := os.Stat(filepath.Join(dir, LayoutDir, "blobs"))
+	return err == nil && st.IsDir()
+}
+
+// create makes a new file for writing, making the layout again if it was
+// removed.
+func (s *store) create(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if errors.Is(err, fs.ErrNotExist) {
+		if err := s.ensureLayout(); err != nil {
+			return nil, err
+		}
+		f, err = os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	}
+	return f, err
+}
+
+// rename moves a complete file into place, making the layout again if it
+// was removed.
+func (s *store) rename(from, to string) error {
+	err := os.Rename(from, to)
+	if errors.Is(err, fs.ErrNotExist) {
+		if _, serr := os.Stat(from); serr == nil {
+			if err := os.MkdirAll(filepath.Dir(to), 0o755); err != nil {
+				return err
+			}
+			err = os.Rename(from, to)
+		}
+	}
+	return err
 }
 
 func (s *store) blobPath(d digest.Digest) string {
@@ -90,6 +206,12 @@ func (s *store) write(path string, data []byte, durable bool) error {
 		return err
 	}
 	tmp, err := os.CreateTemp(filepath.Join(s.root, "tmp"), "w-*")
+	if errors.Is(err, fs.ErrNotExist) {
+		if err := s.ensureLayout(); err != nil {
+			return err
+		}
+		tmp, err = os.CreateTemp(filepath.Join(s.root, "tmp"), "w-*")
+	}
 	if err != nil {
 		return err
 	}
@@ -103,7 +225,7 @@ func (s *store) write(path string, data []byte, durable bool) error {
 		os.Remove(tmp.Name())
 		return err
 	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
+	if err := s.rename(tmp.Name(), path); err != nil {
 		os.Remove(tmp.Name())
 		return err
 	}
@@ -115,23 +237,29 @@ func (s *store) putManifest(d digest.Digest, mediaType string, payload []byte) e
 	if err := s.writeContent(s.typePath(d), []byte(mediaType)); err != nil {
 		return err
 	}
-	if s.statBlob(d) == int64(len(payload)) {
-		return nil
+	if have, err := os.ReadFile(s.blobPath(d)); err == nil && digest.FromBytes(have) == d {
+		return nil // stored and whole; one that rotted is written again
 	}
 	return s.writeContent(s.blobPath(d), payload)
 }
 
-// getManifest reads a stored manifest, or reports false.
-func (s *store) getManifest(d digest.Digest) (mediaType string, payload []byte, ok bool) {
+// errDamaged is a stored file whose bytes do not match its digest.
+var errDamaged = errors.New("stored bytes do not match their digest")
+
+// readManifest reads a stored manifest and checks its digest.
+func (s *store) readManifest(d digest.Digest) (mediaType string, payload []byte, err error) {
 	mt, err := os.ReadFile(s.typePath(d))
 	if err != nil {
-		return "", nil, false
+		return "", nil, err
 	}
 	payload, err = os.ReadFile(s.blobPath(d))
-	if err != nil || digest.FromBytes(payload) != d {
-		return "", nil, false
+	if err != nil {
+		return "", nil, err
 	}
-	return string(mt), payload, true
+	if digest.FromBytes(payload) != d {
+		return "", nil, errDamaged
+	}
+	return string(mt), payload, nil
 }
 
 // link records that a repository may serve a digest, with the size its
@@ -264,6 +392,13 @@ type fileLock struct {
 func tryLock(path string) (*fileLock, error) {
 	for range 8 {
 		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+		if errors.Is(err, fs.ErrNotExist) {
+			// The layout was removed under a running cache: make it again.
+			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+				return nil, err
+			}
+			f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+		}
 		if err != nil {
 			return nil, err
 		}

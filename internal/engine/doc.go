@@ -36,4 +36,4 @@
 // to be reached by reflection to shut down. The engine here does what a
 // pull needs and nothing else: it takes no pushes and forwards nothing but
 // pulls upstream.
-package cache
+package engine

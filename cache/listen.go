@@ -1,4 +1,4 @@
-package cachetest
+package cache
 
 import (
 	"context"
@@ -10,7 +10,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/pullthrough/pullthrough/internal/cache"
+	"github.com/pullthrough/pullthrough/internal/engine"
 )
 
 // ErrPortInUse means a fixed port is held by something other than a
@@ -114,7 +114,7 @@ func probeOwner(ctx context.Context, hostPort string) (host, identity, storage s
 		return "", "", ""
 	}
 	resp.Body.Close()
-	return resp.Header.Get(cache.HeaderUpstream), resp.Header.Get(cache.HeaderIdentity), resp.Header.Get(cache.HeaderStorage)
+	return resp.Header.Get(engine.HeaderUpstream), resp.Header.Get(engine.HeaderIdentity), resp.Header.Get(engine.HeaderStorage)
 }
 
 // waitReady polls GET /v2/ until it answers 200.

@@ -1,4 +1,4 @@
-package cache
+package engine
 
 import (
 	"context"
@@ -24,9 +24,11 @@ func (c *Cache) serveBlob(w http.ResponseWriter, r *http.Request, rt route) {
 			_ = c.store.removeBlob(d)
 		case linked:
 			c.stats.hits.Add(1)
-			c.serveStored(w, r, d, nil)
-			return
-		case c.cfg.Mode == ModeStrict:
+			if !c.serveStored(w, r, d, nil) {
+				return
+			}
+			c.stats.hits.Add(-1)
+		case c.cfg.Mode == Strict:
 			c.notCached(w, rt)
 			return
 		default:
@@ -44,11 +46,13 @@ func (c *Cache) serveBlob(w http.ResponseWriter, r *http.Request, rt route) {
 			}
 			_ = c.store.link(rt.name, d, size)
 			c.stats.hits.Add(1)
-			c.serveStored(w, r, d, nil)
-			return
+			if !c.serveStored(w, r, d, nil) {
+				return
+			}
+			c.stats.hits.Add(-1)
 		}
 	}
-	if c.cfg.Mode == ModeStrict {
+	if c.cfg.Mode == Strict {
 		c.notCached(w, rt)
 		return
 	}
@@ -66,7 +70,7 @@ func (c *Cache) serveBlob(w http.ResponseWriter, r *http.Request, rt route) {
 		w.WriteHeader(http.StatusOK)
 		return
 	}
-	f, joined, err := c.joinFill(d, rt.name)
+	f, joined, err := c.joinFill(d, rt.name, want)
 	if err != nil {
 		c.writeError(w, err)
 		return
@@ -115,40 +119,68 @@ func setBlobHeaders(h http.Header, d digest.Digest) {
 }
 
 // serveStored answers from a stored blob's file (opened here when f is nil).
+// A blob not yet verified by this process is hashed: before the first byte
+// when it is small or a range is asked for (rotten then reports that it was
+// removed and nothing was sent: the caller fetches it again), else as it is
+// sent, with the last byte held back until the digest matches.
+//
 // Whole blobs are copied in 256 KiB steps through the counting writer,
 // which has no ReadFrom, so net/http does not use sendfile: over loopback
 // here a plain copy was the faster of the two.
-func (c *Cache) serveStored(w http.ResponseWriter, r *http.Request, d digest.Digest, f *os.File) {
+func (c *Cache) serveStored(w http.ResponseWriter, r *http.Request, d digest.Digest, f *os.File) (rotten bool) {
+	path := c.store.blobPath(d)
 	if f == nil {
 		var err error
-		if f, err = os.Open(c.store.blobPath(d)); err != nil {
+		if f, err = os.Open(path); err != nil {
 			c.writeError(w, storageError(c.store.root, err))
-			return
+			return false
 		}
 		defer f.Close()
 	}
 	st, err := f.Stat()
 	if err != nil {
 		c.writeError(w, storageError(c.store.root, err))
-		return
+		return false
 	}
+	trusted := c.verified.ok(path, st)
 	if time.Since(st.ModTime()) > time.Hour {
 		// Least recently used goes first in `pullthrough gc`: a blob's
 		// mtime says when it was last served, to the hour.
 		now := time.Now()
-		_ = os.Chtimes(c.store.blobPath(d), now, now)
+		if os.Chtimes(path, now, now) == nil && trusted {
+			c.verified.mark(path)
+		}
+	}
+	size := st.Size()
+	if !trusted && r.Method != http.MethodHead && (r.Header.Get("Range") != "" || size <= smallBlob) {
+		got, err := digestOfFile(f, size)
+		if err != nil {
+			c.writeError(w, storageError(c.store.root, err))
+			return false
+		}
+		if got != d {
+			c.rotten(d, got)
+			return true
+		}
+		c.verified.mark(path)
+		trusted = true
 	}
 	setBlobHeaders(w.Header(), d)
 	if r.Header.Get("Range") != "" {
-		http.ServeContent(w, r, "", time.Time{}, io.NewSectionReader(f, 0, st.Size()))
-		return
+		http.ServeContent(w, r, "", time.Time{}, io.NewSectionReader(f, 0, size))
+		return false
 	}
-	w.Header().Set("Content-Length", strconv.FormatInt(st.Size(), 10))
+	w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
 	w.WriteHeader(http.StatusOK)
 	if r.Method == http.MethodHead {
-		return
+		return false
+	}
+	if !trusted {
+		c.copyVerified(w, f, d, size)
+		return false
 	}
 	buf := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(buf)
-	_, _ = io.CopyBuffer(w, io.NewSectionReader(f, 0, st.Size()), *buf)
+	_, _ = io.CopyBuffer(w, io.NewSectionReader(f, 0, size), *buf)
+	return false
 }

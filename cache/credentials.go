@@ -1,4 +1,4 @@
-package cachetest
+package cache
 
 import (
 	"bytes"
@@ -51,7 +51,7 @@ func (c Credentials) String() string {
 }
 
 // GoString is what %#v prints.
-func (c Credentials) GoString() string { return "cachetest.Credentials{" + c.String() + "}" }
+func (c Credentials) GoString() string { return "cache.Credentials{" + c.String() + "}" }
 
 // Format makes every fmt verb print String.
 func (c Credentials) Format(f fmt.State, verb rune) {

@@ -1,4 +1,4 @@
-package cache
+package engine
 
 import (
 	"bytes"
@@ -38,13 +38,14 @@ type fill struct {
 	done    bool
 	err     error
 	readers int
-	claimed bool // the fleet gave this instance the download: Fleet.Done follows
+	claimed bool  // the fleet gave this instance the download: Fleet.Done follows
+	want    int64 // the size the repository's manifest gives; -1 unknown
 }
 
 var errStalled = errors.New("stalled")
 
 // joinFill returns the fill of a digest, starting one if none runs here.
-func (c *Cache) joinFill(d digest.Digest, repo string) (f *fill, joined bool, err error) {
+func (c *Cache) joinFill(d digest.Digest, repo string, want int64) (f *fill, joined bool, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
@@ -56,7 +57,7 @@ func (c *Cache) joinFill(d digest.Digest, repo string) (f *fill, joined bool, er
 	}
 	// Two references: the caller's, and the download's own, which finish
 	// drops.
-	f = &fill{c: c, dgst: d, repo: repo, changed: make(chan struct{}), size: -1, readers: 2}
+	f = &fill{c: c, dgst: d, repo: repo, want: want, changed: make(chan struct{}), size: -1, readers: 2}
 	c.fills[d] = f
 	c.wg.Add(1)
 	go func() {
@@ -157,8 +158,13 @@ func (f *fill) release() {
 	}
 }
 
+// stallProgress is what a download must receive within the stall timeout
+// to count as moving: a trickle of a few bytes a second is a stall.
+const stallProgress = 32 << 10
+
 // download fetches the blob into a part file while readers read it, checks
-// size and digest, and renames it into place. It releases the lock.
+// size and digest of what was stored, and renames it into place. It
+// releases the lock.
 func (f *fill) download(lock *fileLock) (err error) {
 	c, s := f.c, f.c.store
 	part, sizePath := s.fillPath(f.dgst, ".part"), s.fillPath(f.dgst, ".size")
@@ -171,7 +177,7 @@ func (f *fill) download(lock *fileLock) (err error) {
 	}()
 	os.Remove(part)
 	os.Remove(sizePath)
-	w, err := os.OpenFile(part, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	w, err := s.create(part)
 	if err != nil {
 		return storageError(s.root, err)
 	}
@@ -182,10 +188,8 @@ func (f *fill) download(lock *fileLock) (err error) {
 	}
 	f.setFile(r)
 
-	ctx, cancel := context.WithCancelCause(c.ctx)
-	defer cancel(nil)
-	stall := time.AfterFunc(c.cfg.StallTimeout, func() { cancel(errStalled) })
-	defer stall.Stop()
+	ctx, cancel := context.WithCancel(c.ctx)
+	defer cancel()
 	// A fleet claim taken by open, now or on a resume, ends with the
 	// download, whichever way it ends: the blob to share, or nothing.
 	defer func() {
@@ -197,11 +201,12 @@ func (f *fill) download(lock *fileLock) (err error) {
 			c.cfg.Fleet.Done(context.WithoutCancel(c.ctx), f.dgst, path)
 		}
 	}()
-	body, size, fromFleet, err := f.open(ctx)
+	src, err := f.open(ctx)
 	if err != nil {
 		return err
 	}
-	defer func() { drain(body) }()
+	defer func() { src.close() }()
+	size := src.size
 	if free, ok := freeBytes(s.root); ok && size > free {
 		return fmt.Errorf("%w: blob %s needs %d bytes, %d are free in %s", ErrDiskFull, f.dgst, size, free, s.root)
 	}
@@ -210,59 +215,71 @@ func (f *fill) download(lock *fileLock) (err error) {
 	}
 	f.update(func() { f.size, f.sized = size, true })
 
-	h := sha256.New()
 	buf := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(buf)
-	var n int64
+	var n, progress int64
 	resumes := 0
 	for {
-		stall.Reset(c.cfg.StallTimeout)
-		m, rerr := body.Read(*buf)
+		m, rerr := src.body.Read(*buf)
 		if m > 0 {
-			h.Write((*buf)[:m])
 			if _, werr := w.Write((*buf)[:m]); werr != nil {
 				return storageError(s.root, werr)
 			}
 			n += int64(m)
+			if progress += int64(m); progress >= stallProgress {
+				src.moving()
+				progress = 0
+			}
 			f.update(func() { f.written = n })
 		}
 		if rerr == io.EOF {
 			break
 		}
-		if rerr != nil && fromFleet && resumes < 3 && ctx.Err() == nil {
-			// The peer whose download this was went away: resume from
-			// the next source, once it proves to start with what is here.
+		if rerr != nil && src.fleet && resumes < 3 && ctx.Err() == nil {
+			// The peer or bucket this came from broke off or stalled:
+			// resume from the next source (another peer, the bucket, the
+			// origin), once it proves to start with what is here.
 			resumes++
 			c.log.Warn("a fleet source broke off; resuming from the next", "digest", f.dgst, "bytes", n, "error", rerr)
-			drain(body)
-			nb, nsize, nf, oerr := f.open(ctx)
-			if oerr != nil {
-				return oerr
+			src.close()
+			if src, err = f.open(ctx); err != nil {
+				return err
 			}
-			body, fromFleet = nb, nf
-			if (size >= 0 && nsize >= 0 && nsize != size) || !samePrefixFrom(body, r, n) {
+			if (size >= 0 && src.size >= 0 && src.size != size) || !samePrefixFrom(src.body, r, n) {
 				return fmt.Errorf("blob %s: the next source does not match what was already received: not stored", f.dgst)
 			}
+			progress = 0
 			continue
 		}
 		if rerr != nil {
-			return f.fetchError(ctx, rerr, n)
+			return f.fetchError(src, rerr, n)
 		}
 	}
 	if size >= 0 && n != size {
-		return fmt.Errorf("upstream %s sent %d bytes of blob %s, announced %d", c.cfg.Host, n, f.dgst, size)
-	}
-	if got := digest.NewDigest(digest.SHA256, h); got != f.dgst {
-		return fmt.Errorf("upstream %s sent blob %s with digest %s: not stored", c.cfg.Host, f.dgst, got)
+		return fmt.Errorf("%s sent %d bytes of blob %s, announced %d", src.name, n, f.dgst, size)
 	}
 	// On disk before it is visible: a crash must not leave a stored blob
 	// that is empty or cut under its digest's name.
 	if err := errors.Join(w.Sync(), w.Close()); err != nil {
 		return storageError(s.root, err)
 	}
-	if err := os.Rename(part, s.blobPath(f.dgst)); err != nil {
+	// The digest of what was stored, not of what arrived: the part file
+	// is what will be served.
+	got, err := digestOfFile(r, n)
+	if err != nil {
 		return storageError(s.root, err)
 	}
+	if got != f.dgst {
+		if src.fleet {
+			c.cfg.Fleet.Discard(context.WithoutCancel(c.ctx), f.dgst)
+		}
+		c.log.Warn("a downloaded blob does not match its digest: not stored; the next request fetches it again", "digest", f.dgst, "from", src.name, "got", got)
+		return fmt.Errorf("%s sent blob %s with digest %s: not stored", src.name, f.dgst, got)
+	}
+	if err := s.rename(part, s.blobPath(f.dgst)); err != nil {
+		return storageError(s.root, err)
+	}
+	c.verified.mark(s.blobPath(f.dgst))
 	os.Remove(sizePath)
 	if err := s.link(f.repo, f.dgst, n); err != nil {
 		c.log.Warn("linking a stored blob", "repo", f.repo, "digest", f.dgst, "error", err)
@@ -270,32 +287,99 @@ func (f *fill) download(lock *fileLock) (err error) {
 	return nil
 }
 
+// digestOfFile hashes the first n bytes of file.
+func digestOfFile(file *os.File, n int64) (digest.Digest, error) {
+	h := sha256.New()
+	if _, err := io.Copy(h, io.NewSectionReader(file, 0, n)); err != nil {
+		return "", err
+	}
+	return digest.NewDigest(digest.SHA256, h), nil
+}
+
+// source is where one download reads from, with its own stall timer: a
+// source that sends less than stallProgress bytes in the stall timeout is
+// cancelled, and a fleet source is then replaced by the next one.
+type source struct {
+	body    io.ReadCloser
+	size    int64
+	fleet   bool   // a peer's download or the fleet's bucket
+	name    string // for messages: "upstream docker.io" or "the fleet"
+	ctx     context.Context
+	cancel  context.CancelCauseFunc
+	stall   *time.Timer
+	timeout time.Duration
+}
+
+func (s *source) moving() { s.stall.Reset(s.timeout) }
+
+func (s *source) stalled() bool { return errors.Is(context.Cause(s.ctx), errStalled) }
+
+func (s *source) close() {
+	s.stall.Stop()
+	if s.body != nil {
+		drain(s.body)
+	}
+	s.cancel(nil)
+}
+
+// fleetTimeout bounds the wait for the fleet's answer about a blob, beyond
+// the wait for a download another instance holds the claim on.
+const fleetTimeout = 10 * time.Second
+
 // open returns where to read the blob from: the fleet (a peer's download or
 // the shared storage) when the cache is part of one and the fleet has it,
-// else the upstream. When the fleet says this instance is to fetch it,
-// f.claimed is set and Fleet.Done must follow.
-func (f *fill) open(ctx context.Context) (body io.ReadCloser, size int64, fromFleet bool, err error) {
+// else the upstream, each on a fresh stall budget. When the fleet says this
+// instance is to fetch it, f.claimed is set and Fleet.Done must follow.
+func (f *fill) open(ctx context.Context) (*source, error) {
 	c := f.c
+	sctx, cancel := context.WithCancelCause(ctx)
+	src := &source{ctx: sctx, cancel: cancel, timeout: c.cfg.StallTimeout, name: "upstream " + c.cfg.Host}
+	src.stall = time.AfterFunc(c.cfg.StallTimeout, func() { cancel(errStalled) })
 	if fl := c.cfg.Fleet; fl != nil && !f.claimed {
-		b, sz, ok, ferr := fl.Blob(ctx, f.dgst)
+		b, sz, ok, ferr := fl.Blob(sctx, f.dgst)
 		switch {
 		case ferr != nil:
 			// Per-instance behaviour: the pull goes on without the fleet.
 			c.log.Warn("fleet coordination unavailable; fetching from upstream alone", "digest", f.dgst, "error", ferr)
+		case ok && f.want >= 0 && sz >= 0 && sz != f.want:
+			// A bucket object of the wrong size is damaged: remove it, and
+			// fetch from the origin.
+			b.Close()
+			c.log.Warn("the fleet's copy of a blob has the wrong size; removed, fetching from upstream", "digest", f.dgst, "size", sz, "want", f.want)
+			fl.Discard(context.WithoutCancel(c.ctx), f.dgst)
+			b, sz, ok, ferr = fl.Blob(sctx, f.dgst)
+			if ferr != nil || ok {
+				if ok {
+					b.Close()
+				}
+				return f.openUpstream(src)
+			}
+			f.claimed = true
 		case ok:
-			return b, sz, true, nil
+			src.body, src.size, src.fleet, src.name = b, sz, true, "the fleet"
+			return src, nil
 		default:
 			f.claimed = true
 		}
+		// The fleet's wait is not the origin's: a fresh budget.
+		src.stall.Reset(c.cfg.StallTimeout)
 	}
-	resp, err := c.up.do(ctx, http.MethodGet, f.repo, "blobs/"+f.dgst.String(), nil)
+	return f.openUpstream(src)
+}
+
+func (f *fill) openUpstream(src *source) (*source, error) {
+	c := f.c
+	resp, err := c.up.do(src.ctx, http.MethodGet, f.repo, "blobs/"+f.dgst.String(), nil)
 	if err != nil {
-		return nil, 0, false, f.fetchError(ctx, err, 0)
+		src.close()
+		return nil, f.fetchError(src, err, 0)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, 0, false, c.up.statusError(resp, "blob "+f.repo+"@"+f.dgst.String())
+		src.close()
+		return nil, c.up.statusError(resp, "blob "+f.repo+"@"+f.dgst.String())
 	}
-	return resp.Body, resp.ContentLength, false, nil
+	src.body, src.size = resp.Body, resp.ContentLength
+	return src, nil
 }
 
 // samePrefixFrom reads n bytes from body and compares them with the first
@@ -320,14 +404,14 @@ func samePrefixFrom(body io.Reader, part *os.File, n int64) bool {
 
 // fetchError says why a download stopped, and logs the ones a user needs
 // to hear about.
-func (f *fill) fetchError(ctx context.Context, err error, got int64) error {
+func (f *fill) fetchError(src *source, err error, got int64) error {
 	c := f.c
-	if errors.Is(context.Cause(ctx), errStalled) {
+	if src.stalled() {
 		c.up.markDown()
 		c.log.Warn("upstream stalled: abandoned the blob's download; the next request starts a new one",
 			"digest", f.dgst, "repo", f.repo, "bytes", got, "stall_timeout", c.cfg.StallTimeout)
 		return &upstreamError{host: c.cfg.Host, status: http.StatusGatewayTimeout, code: "UNAVAILABLE",
-			msg: fmt.Sprintf("upstream %s stalled: no bytes of blob %s for %s (after %d bytes)", c.cfg.Host, f.dgst, c.cfg.StallTimeout, got)}
+			msg: fmt.Sprintf("upstream %s stalled: less than %d KiB of blob %s in %s (after %d bytes)", c.cfg.Host, stallProgress>>10, f.dgst, c.cfg.StallTimeout, got)}
 	}
 	if c.ctx.Err() != nil {
 		return errClosing
@@ -460,7 +544,9 @@ func (f *fill) serve(ctx context.Context, w http.ResponseWriter, r *http.Request
 			f.c.writeError(w, v.err)
 			return
 		}
-		f.c.serveStored(w, r, f.dgst, v.file)
+		if f.c.serveStored(w, r, f.dgst, v.file) {
+			writeRegistryError(w, http.StatusServiceUnavailable, "UNAVAILABLE", "blob "+f.dgst.String()+" was damaged on disk and removed; retry to fetch it again")
+		}
 		return
 	}
 	setBlobHeaders(w.Header(), f.dgst)
@@ -490,8 +576,19 @@ func (f *fill) serve(ctx context.Context, w http.ResponseWriter, r *http.Request
 			gen = g
 			continue
 		}
-		if off < v.written {
-			m, err := v.file.ReadAt((*buf)[:min(int64(len(*buf)), v.written-off)], off)
+		// The last byte waits for the digest: a client is never handed a
+		// complete body that does not match it, only a cut, which every
+		// client retries.
+		avail := v.written
+		if !v.done || v.err != nil {
+			if v.size >= 0 {
+				avail = min(avail, v.size-1)
+			} else {
+				avail--
+			}
+		}
+		if off < avail {
+			m, err := v.file.ReadAt((*buf)[:min(int64(len(*buf)), avail-off)], off)
 			if m > 0 {
 				sent.Write((*buf)[:m])
 				if _, werr := w.Write((*buf)[:m]); werr != nil {

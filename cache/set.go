@@ -1,4 +1,4 @@
-package cachetest
+package cache
 
 import (
 	"context"
@@ -18,7 +18,8 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/pullthrough/pullthrough/internal/cache"
+	"github.com/pullthrough/pullthrough/internal/engine"
+	"github.com/pullthrough/pullthrough/internal/fleet"
 )
 
 // Set is a group of running caches, one per upstream.
@@ -27,20 +28,28 @@ type Set struct {
 	caches    []*Cache
 	addrs     []string
 	listenAll bool
+	root      string
+	router    *router
 }
 
 // Cache is one upstream's cache in a Set.
 type Cache struct {
+	set     *Set
 	up      Upstream
-	host    string // where this process reaches the cache: a listen address
+	listen  string // where this process reaches the cache: a listen address
 	port    int
-	engine  *cache.Cache
+	engine  *engine.Cache
 	storage string
 	logger  *slog.Logger
 	remote  string      // host:port of the other process's cache while reused
 	reused  atomic.Bool // another process serves the port
 	stop    chan struct{}
 	wg      sync.WaitGroup
+	access  *engine.AccessPolicy
+	fleet   *fleet.Fleet
+	idle    time.Duration
+
+	maxConns int
 
 	closeOnce sync.Once
 
@@ -54,17 +63,26 @@ type Cache struct {
 // answers GET /v2/. If one fails, the others are stopped and the error names
 // the upstream that failed. ctx bounds the start only; caches run until Close.
 func Start(ctx context.Context, opts ...Option) (*Set, error) {
-	s := &settings{upstreams: DefaultUpstreams()}
-	for _, o := range opts {
-		o(s)
+	s, err := newSettings(opts)
+	if err != nil {
+		return nil, err
 	}
 	return start(ctx, s)
 }
 
-func start(ctx context.Context, s *settings) (*Set, error) {
-	if err := errors.Join(s.errs...); err != nil {
-		return nil, err
+// DefaultStorageRoot is where caches keep their content unless told
+// otherwise: pullthrough under the user's cache directory
+// (~/.cache/pullthrough), shared by cachetest.Main, `pullthrough up` and
+// every other process of the user, so that the next run starts warm.
+func DefaultStorageRoot() (string, error) {
+	dir, err := os.UserCacheDir()
+	if err != nil {
+		return "", fmt.Errorf("finding the user cache directory for storage: %w (use WithStorageDir)", err)
 	}
+	return filepath.Join(dir, "pullthrough"), nil
+}
+
+func start(ctx context.Context, s *settings) (*Set, error) {
 	if len(s.upstreams) == 0 {
 		return nil, errors.New("no upstreams: want at least one (see DefaultUpstreams)")
 	}
@@ -78,23 +96,30 @@ func start(ctx context.Context, s *settings) (*Set, error) {
 		}
 		seen[u.Host] = true
 	}
+	if s.fleet != nil {
+		if err := s.fleet.validate(); err != nil {
+			return nil, err
+		}
+		if !s.fixedPorts {
+			return nil, errors.New("a fleet instance needs fixed ports (WithFixedPorts): its peers reach it at the advertised address and the upstream's port")
+		}
+	}
 	addrs, err := s.listenAddrs()
 	if err != nil {
 		return nil, err
 	}
 	root := s.storage
 	if root == "" {
-		dir, err := os.UserCacheDir()
-		if err != nil {
-			return nil, fmt.Errorf("finding the user cache directory for storage: %w (use WithStorageDir)", err)
+		if root, err = DefaultStorageRoot(); err != nil {
+			return nil, err
 		}
-		root = filepath.Join(dir, "pullthrough")
 	}
-	set := &Set{mode: s.mode, addrs: addrs, listenAll: s.listenAll, caches: make([]*Cache, len(s.upstreams))}
+	set := &Set{mode: s.mode, addrs: addrs, listenAll: s.listenAll, root: root, caches: make([]*Cache, len(s.upstreams))}
+	set.router = &router{set: set}
 	g, gctx := errgroup.WithContext(ctx)
 	for i, u := range s.upstreams {
 		g.Go(func() error {
-			c, err := startCache(gctx, s, u, addrs, filepath.Join(root, u.storageName()))
+			c, err := startCache(gctx, s, set, u, addrs, filepath.Join(root, u.storageName()))
 			set.caches[i] = c
 			if err != nil {
 				return fmt.Errorf("starting cache for %s: %w", u.Host, err)
@@ -120,27 +145,19 @@ func (s *settings) listenAddrs() ([]string, error) {
 		}
 		return addrs, nil
 	}
-	var out []string
-	for _, a := range s.listen {
-		ip := net.ParseIP(a)
-		if ip == nil {
-			return nil, fmt.Errorf("listen address %q: want an IP address of this host", a)
-		}
-		out = append(out, ip.String())
-	}
-	return out, nil
+	return s.listen, nil
 }
 
-func startCache(ctx context.Context, s *settings, u Upstream, addrs []string, storage string) (*Cache, error) {
+func startCache(ctx context.Context, s *settings, set *Set, u Upstream, addrs []string, storage string) (*Cache, error) {
 	remote, err := u.validate()
 	if err != nil {
 		return nil, err
 	}
-	c := &Cache{up: u, storage: storage, host: addrs[0], stop: make(chan struct{})}
-	if c.host == "0.0.0.0" {
-		c.host = "127.0.0.1"
+	c := &Cache{set: set, up: u, storage: storage, listen: addrs[0], stop: make(chan struct{}), idle: s.idle, maxConns: s.maxConns}
+	if c.listen == "0.0.0.0" {
+		c.listen = "127.0.0.1"
 	}
-	lns, err := listen(ctx, u, addrs, s.fixedPorts, cache.Identity(remote.String(), cache.Mode(s.mode)))
+	lns, err := listen(ctx, u, addrs, s.fixedPorts, engine.Identity(remote.String(), engine.Mode(s.mode)))
 	var reuse *reuseError
 	switch {
 	case errors.As(err, &reuse):
@@ -172,24 +189,39 @@ func startCache(ctx context.Context, s *settings, u Upstream, addrs []string, st
 	if c.logger == nil {
 		c.logger = slog.New(slog.DiscardHandler)
 	}
-	c.engine, err = cache.New(ctx, cache.Config{
+	c.access = &engine.AccessPolicy{Open: s.open, Allow: s.allow}
+	var fl engine.Fleet
+	if s.fleet != nil && !c.reused.Load() {
+		f, err := s.fleet.connect(ctx, u.Host, c.port, c.logger)
+		if err != nil {
+			closeListeners(lns)
+			return nil, fmt.Errorf("joining the fleet: %w", err)
+		}
+		c.fleet = f
+		fl = f
+	}
+	c.engine, err = engine.New(ctx, engine.Config{
 		Host:              u.Host,
 		Remote:            remote,
 		Tiers:             tiers,
 		TierTimeout:       s.tier,
 		StorageDir:        c.storage,
-		Mode:              cache.Mode(s.mode),
+		Mode:              engine.Mode(s.mode),
 		TagTTL:            s.tagTTL,
 		DialTimeout:       s.dial,
 		HeaderTimeout:     s.header,
 		RevalidateTimeout: s.revalidate,
 		StallTimeout:      s.stall,
 		Auth:              auth,
-		Access:            &cache.AccessPolicy{Open: s.open, Allow: s.allow},
+		Access:            c.access,
+		Fleet:             fl,
 		Logger:            c.logger,
 	})
 	if err != nil {
 		closeListeners(lns)
+		if c.fleet != nil {
+			c.fleet.Close()
+		}
 		return nil, err
 	}
 	if c.reused.Load() {
@@ -208,14 +240,9 @@ func startCache(ctx context.Context, s *settings, u Upstream, addrs []string, st
 func (c *Cache) serve(lns []net.Listener) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	h := c.set.router.forPort(c)
 	for _, l := range lns {
-		srv := &http.Server{
-			Handler:           c.engine,
-			ReadHeaderTimeout: 30 * time.Second,
-			ErrorLog:          slog.NewLogLogger(c.logger.Handler(), slog.LevelDebug),
-		}
-		c.servers = append(c.servers, srv)
-		go srv.Serve(l)
+		c.servers = append(c.servers, serveOn(l, h, c.access, c.idle, c.maxConns, c.logger))
 	}
 }
 
@@ -251,6 +278,7 @@ func closeListeners(lns []net.Listener) {
 // Close stops every cache the set started. Content stays in storage.
 func (s *Set) Close() error {
 	var errs []error
+
 	for _, c := range s.caches {
 		if c != nil {
 			errs = append(errs, c.close())
@@ -313,7 +341,7 @@ func (c *Cache) Port() int { return c.port }
 
 // Addr is the host:port this process reaches the cache on: loopback unless
 // the listen addresses leave it out.
-func (c *Cache) Addr() string { return net.JoinHostPort(c.host, strconv.Itoa(c.port)) }
+func (c *Cache) Addr() string { return net.JoinHostPort(c.listen, strconv.Itoa(c.port)) }
 
 // Endpoint is Addr as a URL, for clients on this host.
 func (c *Cache) Endpoint() string { return "http://" + c.Addr() }
@@ -323,16 +351,12 @@ func (c *Cache) StorageDir() string { return c.storage }
 
 // Handler is the cache's registry API handler, for serving it on a listener
 // of one's own.
-func (c *Cache) Handler() http.Handler { return c.engine }
+func (c *Cache) Handler() http.Handler { return c.set.router.forPort(c) }
 
 // Endpoints says, per endpoint tried (tiers in order, the origin last), how
 // many requests this process sent it and how many body bytes it served.
 func (c *Cache) Endpoints() []EndpointStats {
-	var out []EndpointStats
-	for _, e := range c.engine.Endpoints() {
-		out = append(out, EndpointStats(e))
-	}
-	return out
+	return c.engine.Endpoints()
 }
 
 // Reused reports that WithFixedPorts found a pullthrough cache of another
@@ -346,7 +370,7 @@ func (c *Cache) Reused() bool { return c.reused.Load() }
 func (c *Cache) Stats() Stats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	own := Stats(c.engine.Stats()).Sub(c.base)
+	own := c.engine.Stats().Sub(c.base)
 	if c.reused.Load() {
 		if r, err := remoteStats(c.remote); err == nil {
 			return own.Add(r.Sub(c.remoteBase))
@@ -359,7 +383,7 @@ func (c *Cache) Stats() Stats {
 func (c *Cache) ResetStats() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.base = Stats(c.engine.Stats())
+	c.base = c.engine.Stats()
 	if c.reused.Load() {
 		if r, err := remoteStats(c.remote); err == nil {
 			c.remoteBase = r
@@ -369,14 +393,14 @@ func (c *Cache) ResetStats() {
 
 func remoteStats(hostPort string) (Stats, error) {
 	client := &http.Client{Timeout: 2 * time.Second}
-	resp, err := client.Get("http://" + hostPort + cache.StatsPath)
+	resp, err := client.Get("http://" + hostPort + engine.StatsPath)
 	if err != nil {
 		return Stats{}, err
 	}
 	defer resp.Body.Close()
 	var s Stats
 	if resp.StatusCode != http.StatusOK {
-		return s, fmt.Errorf("%s answered %s", cache.StatsPath, resp.Status)
+		return s, fmt.Errorf("%s answered %s", engine.StatsPath, resp.Status)
 	}
 	return s, json.NewDecoder(resp.Body).Decode(&s)
 }
@@ -400,6 +424,9 @@ func (c *Cache) close() error {
 	if c.engine != nil {
 		errs = append(errs, c.engine.Close())
 	}
+	if c.fleet != nil {
+		errs = append(errs, c.fleet.Close())
+	}
 	return errors.Join(errs...)
 }
 
@@ -417,7 +444,7 @@ func (c *Cache) String() string {
 }
 
 // GoString is what %#v prints.
-func (c *Cache) GoString() string { return "&cachetest.Cache{" + c.String() + "}" }
+func (c *Cache) GoString() string { return "&cache.Cache{" + c.String() + "}" }
 
 // Format makes every fmt verb print String: the struct itself holds the
 // upstream's credentials.
@@ -439,7 +466,7 @@ func (s *Set) String() string {
 }
 
 // GoString is what %#v prints.
-func (s *Set) GoString() string { return "&cachetest.Set" + s.String() }
+func (s *Set) GoString() string { return "&cache.Set" + s.String() }
 
 // Format makes every fmt verb print String.
 func (s *Set) Format(f fmt.State, verb rune) { formatRedacted(f, verb, s.String(), s.GoString()) }

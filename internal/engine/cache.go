@@ -1,4 +1,4 @@
-package cache
+package engine
 
 import (
 	"context"
@@ -27,24 +27,24 @@ import (
 type Mode int
 
 const (
-	// ModeOnline revalidates a tag with upstream once its TTL has passed, and
+	// Online revalidates a tag with upstream once its TTL has passed, and
 	// fetches whatever is missing.
-	ModeOnline Mode = iota
-	// ModeOffline serves cached tags without asking upstream, and still
+	Online Mode = iota
+	// Offline serves cached tags without asking upstream, and still
 	// fetches what is missing.
-	ModeOffline
-	// ModeStrict never asks upstream: anything not cached is an error that
+	Offline
+	// Strict never asks upstream: anything not cached is an error that
 	// names it. It proves that a set of images is available locally.
-	ModeStrict
+	Strict
 )
 
 func (m Mode) String() string {
 	switch m {
-	case ModeOnline:
+	case Online:
 		return "online"
-	case ModeOffline:
+	case Offline:
 		return "offline"
-	case ModeStrict:
+	case Strict:
 		return "strict"
 	}
 	return fmt.Sprintf("Mode(%d)", int(m))
@@ -121,6 +121,9 @@ type Cache struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	verified  verifiedFiles  // stored blobs hashed and found whole
+	manifests manifestMemory // small manifests, by digest
 
 	mu     sync.Mutex
 	fills  map[digest.Digest]*fill
@@ -221,6 +224,7 @@ func (c *Cache) dropOldLayout() {
 }
 
 func (c *Cache) sweep() {
+	c.store.relock()
 	if files, bytes := c.store.sweep(time.Now()); files > 0 {
 		c.log.Info("removed leftovers of interrupted downloads", "files", files, "bytes", bytes)
 	}
@@ -253,16 +257,18 @@ func checkWritable(dir string) error {
 // ServeHTTP answers the pull side of the registry API.
 func (c *Cache) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h := w.Header()
-	h.Set(HeaderUpstream, c.cfg.Host)
-	h.Set(HeaderIdentity, c.identity)
-	h.Set(HeaderStorage, c.cfg.StorageDir)
 	h.Set("Docker-Distribution-API-Version", "registry/2.0")
 	if !c.cfg.Access.Allowed(r.RemoteAddr) {
 		c.log.Warn("refused a client outside loopback and Docker's bridges", "client", r.RemoteAddr)
+		h.Set("Connection", "close")
 		writeRegistryError(w, http.StatusForbidden, "DENIED",
 			fmt.Sprintf("client %s is not on loopback or a Docker or cluster bridge; open the cache to admit it", r.RemoteAddr))
 		return
 	}
+	// Only to admitted clients: what the cache is and where it stores.
+	h.Set(HeaderUpstream, c.cfg.Host)
+	h.Set(HeaderIdentity, c.identity)
+	h.Set(HeaderStorage, c.cfg.StorageDir)
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		h.Set("Allow", "GET, HEAD")
 		writeRegistryError(w, http.StatusMethodNotAllowed, "UNSUPPORTED",
@@ -273,7 +279,7 @@ func (c *Cache) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.writeMetrics(w)
 		return
 	}
-	if strings.HasPrefix(r.URL.Path, FillPath) {
+	if strings.HasPrefix(r.URL.Path, FillPath) && c.cfg.Fleet != nil {
 		c.servePeer(w, r)
 		return
 	}
@@ -340,6 +346,9 @@ type Fleet interface {
 	// ManifestDone ends this instance's claim on a manifest key, leaving
 	// record for the others for ttl (nil: nothing to share).
 	ManifestDone(ctx context.Context, key string, record []byte, ttl time.Duration)
+	// Discard removes the fleet's stored copy of a blob, found damaged (its
+	// size or digest do not match): the next fetch goes to the origin.
+	Discard(ctx context.Context, d digest.Digest)
 }
 
 // FillPath serves a blob being downloaded by this instance to a peer of the
@@ -353,8 +362,7 @@ func (c *Cache) servePeer(w http.ResponseWriter, r *http.Request) {
 		writeRegistryError(w, http.StatusBadRequest, "DIGEST_INVALID", "want "+FillPath+"sha256:<hex>")
 		return
 	}
-	if c.store.statBlob(d) >= 0 {
-		c.serveStored(w, r, d, nil)
+	if c.store.statBlob(d) >= 0 && !c.serveStored(w, r, d, nil) {
 		return
 	}
 	c.mu.Lock()
@@ -403,6 +411,7 @@ func (c *Cache) Close() error {
 	c.cancel()
 	c.wg.Wait()
 	c.up.base.CloseIdleConnections()
+	c.store.close()
 	return nil
 }
 

@@ -1,4 +1,4 @@
-package cache
+package engine
 
 import (
 	"context"
@@ -67,12 +67,12 @@ var errStrict = fmt.Errorf("not cached in strict mode")
 func (c *Cache) manifest(ctx context.Context, rt route) (m manifest, hit bool, err error) {
 	if rt.isDigest() {
 		d := digest.Digest(rt.ref)
-		if mt, payload, ok := c.store.getManifest(d); ok {
+		if mt, payload, ok := c.storedManifest(d); ok {
 			m = manifest{d, mt, payload}
 			if _, linked := c.store.linked(rt.name, d); linked {
 				return m, true, nil
 			}
-			if c.cfg.Mode == ModeStrict {
+			if c.cfg.Mode == Strict {
 				return m, false, errStrict
 			}
 			// Stored for another repository: ask upstream whether this one
@@ -83,7 +83,7 @@ func (c *Cache) manifest(ctx context.Context, rt route) (m manifest, hit bool, e
 			_ = c.store.link(rt.name, d, int64(len(payload)))
 			return m, true, nil
 		}
-		if c.cfg.Mode == ModeStrict {
+		if c.cfg.Mode == Strict {
 			return m, false, errStrict
 		}
 		m, err = c.fetchManifest(rt)
@@ -91,16 +91,16 @@ func (c *Cache) manifest(ctx context.Context, rt route) (m manifest, hit bool, e
 	}
 	d, checked, ok := c.store.tag(rt.name, rt.ref)
 	if ok {
-		if mt, payload, found := c.store.getManifest(d); found {
+		if mt, payload, found := c.storedManifest(d); found {
 			m = manifest{d, mt, payload}
 		} else {
 			ok = false
 		}
 	}
 	switch {
-	case ok && c.cfg.Mode != ModeOnline:
+	case ok && c.cfg.Mode != Online:
 		return m, true, nil
-	case c.cfg.Mode == ModeStrict:
+	case c.cfg.Mode == Strict:
 		return m, false, errStrict
 	case !ok:
 		m, err = c.fetchManifest(rt)
@@ -182,7 +182,7 @@ func (c *Cache) fetchManifest(rt route) (manifest, error) {
 		}
 		ctx, cancel := context.WithTimeout(c.ctx, c.cfg.HeaderTimeout+c.cfg.StallTimeout)
 		defer cancel()
-		m, err := c.getManifest(ctx, rt)
+		m, err := c.getRemoteManifest(ctx, rt)
 		var ue *upstreamError
 		if errors.As(err, &ue) && ue.status >= 500 {
 			c.shareFailure(rt, ue)
@@ -201,8 +201,8 @@ func (c *Cache) fetchManifest(rt route) (manifest, error) {
 	return v.(manifest), nil
 }
 
-// getManifest GETs a manifest from upstream, verifies and stores it.
-func (c *Cache) getManifest(ctx context.Context, rt route) (manifest, error) {
+// getRemoteManifest GETs a manifest from upstream, verifies and stores it.
+func (c *Cache) getRemoteManifest(ctx context.Context, rt route) (manifest, error) {
 	resp, err := c.up.do(ctx, http.MethodGet, rt.name, "manifests/"+rt.ref, manifestAccept)
 	if err != nil {
 		return manifest{}, err
@@ -286,10 +286,10 @@ func (c *Cache) fetchedSince(rt route, start time.Time, waited bool) (m manifest
 		var checked time.Time
 		d, checked, ok = c.store.tag(rt.name, rt.ref)
 		ok = ok && (!checked.Before(start.Add(-coarseClock)) ||
-			(c.cfg.TagTTL > 0 && time.Since(checked) < c.cfg.TagTTL) || c.cfg.Mode == ModeOffline)
+			(c.cfg.TagTTL > 0 && time.Since(checked) < c.cfg.TagTTL) || c.cfg.Mode == Offline)
 	}
 	if ok {
-		if mt, payload, found := c.store.getManifest(d); found {
+		if mt, payload, found := c.storedManifest(d); found {
 			return manifest{d, mt, payload}, true, nil
 		}
 	}
@@ -432,6 +432,11 @@ func (c *Cache) storeManifest(rt route, m manifest) error {
 		if body.Config != nil {
 			refs = append(refs, *body.Config)
 		}
+		if len(refs) > maxLinksPerManifest {
+			// A huge index must not become tens of thousands of files;
+			// what is left unlinked costs one HEAD when first asked for.
+			refs = refs[:maxLinksPerManifest]
+		}
 		for _, ref := range refs {
 			if d, err := digest.Parse(ref.Digest); err == nil && d.Algorithm() == digest.SHA256 {
 				if err := s.link(rt.name, d, ref.Size); err != nil {
@@ -447,6 +452,9 @@ func (c *Cache) storeManifest(rt route, m manifest) error {
 	}
 	return nil
 }
+
+// maxLinksPerManifest bounds the links one manifest makes.
+const maxLinksPerManifest = 1024
 
 type descriptor struct {
 	Digest string `json:"digest"`

@@ -1,0 +1,53 @@
+package cache
+
+import (
+	"os"
+	"path/filepath"
+	"sort"
+
+	"github.com/pullthrough/pullthrough/internal/engine"
+)
+
+// StorageDir is one cache's storage directory under a storage root.
+type StorageDir struct {
+	// Path is the directory: <root>/<host>-<hash of URL>.
+	Path string
+	// Content is the one directory in Path the engine writes; removing it
+	// removes what the cache stored and nothing else.
+	Content string
+	// InUse says a running cache (of any process) serves from it.
+	InUse bool
+}
+
+// StorageDirs lists the caches' storage directories under root: those that
+// hold the engine's layout. Anything else under root (a user's file, the
+// project's other tools) is not listed.
+func StorageDirs(root string) ([]StorageDir, error) {
+	ents, err := os.ReadDir(root)
+	if os.IsNotExist(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []StorageDir
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		dir := filepath.Join(root, e.Name())
+		if !engine.IsStorageDir(dir) {
+			continue
+		}
+		inUse, err := engine.InUse(dir)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, StorageDir{Path: dir, Content: filepath.Join(dir, engine.LayoutDir), InUse: inUse})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
+	return out, nil
+}
+
+// StorageDirFor is where an upstream's cache keeps its content under root.
+func StorageDirFor(root string, u Upstream) string { return filepath.Join(root, u.storageName()) }
