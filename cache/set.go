@@ -30,6 +30,7 @@ type Set struct {
 	listenAll bool
 	root      string
 	router    *router
+	runFile   string // this set's record for ListRunning
 }
 
 // Cache is one upstream's cache in a Set.
@@ -131,6 +132,7 @@ func start(ctx context.Context, s *settings) (*Set, error) {
 		set.Close()
 		return nil, err
 	}
+	set.record()
 	return set, nil
 }
 
@@ -277,6 +279,7 @@ func closeListeners(lns []net.Listener) {
 
 // Close stops every cache the set started. Content stays in storage.
 func (s *Set) Close() error {
+	s.unrecord()
 	var errs []error
 
 	for _, c := range s.caches {
@@ -291,6 +294,9 @@ func (s *Set) Close() error {
 // skipFallback in a real node's mirror config (provisioners sets it), or its
 // containerd pulls what the cache refuses from the registry itself.
 func (s *Set) Mode() Mode { return s.mode }
+
+// StorageRoot is the directory under which each cache keeps its content.
+func (s *Set) StorageRoot() string { return s.root }
 
 // Caches returns the caches in upstream order.
 func (s *Set) Caches() []*Cache { return append([]*Cache(nil), s.caches...) }
