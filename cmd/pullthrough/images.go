@@ -16,7 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pullthrough/pullthrough/cache"
-	"github.com/pullthrough/pullthrough/fixtures"
+	"github.com/pullthrough/pullthrough/talosimages"
 )
 
 // listFlags say which images a command works on.
@@ -83,12 +83,12 @@ func (l *listFlags) refs(cmd *cobra.Command, args []string) ([]image, error) {
 		}
 	}
 	if l.talos != "" {
-		set, err := fixtures.TalosImages(l.talos)
+		refs, err := talosimages.List(l.talos)
 		if err != nil {
 			return nil, usageError{err}
 		}
-		for _, img := range set {
-			lines = append(lines, line{img.Ref(), "Talos " + l.talos + " boot images"})
+		for _, ref := range refs {
+			lines = append(lines, line{ref, "Talos " + l.talos + " boot images"})
 		}
 	}
 	if len(lines) == 0 {
@@ -181,6 +181,7 @@ func pullAll(ctx context.Context, set *cache.Set, imgs []image, platform string,
 		}()
 	}
 	wg.Wait()
+	p.wait()
 	return out
 }
 

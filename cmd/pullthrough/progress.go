@@ -4,53 +4,97 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
+	"strings"
 	"sync"
-
-	"github.com/vbauerster/mpb/v8"
-	"github.com/vbauerster/mpb/v8/decor"
+	"sync/atomic"
+	"time"
 )
 
-// progress shows a bar per image and one overall on a terminal, and a line
-// per finished image anywhere else.
+// progress shows one status line on a terminal (images done, bytes so far,
+// the images in flight), redrawn a few times a second, and a line per
+// finished image anywhere else. Its own few lines instead of a progress-bar
+// library: the command's dependency count is a promise.
 type progress struct {
 	w     io.Writer
-	p     *mpb.Progress // nil: not a terminal
-	total *mpb.Bar
+	tty   bool
+	total int
 
-	mu   sync.Mutex
-	bars map[string]*mpb.Bar
+	mu       sync.Mutex
+	finished int
+	flight   map[string]*atomic.Int64
+	sizes    map[string]int64
+	stop     chan struct{}
+	stopped  chan struct{}
+	stopOnce sync.Once
+	lastLine int
 }
 
 func newProgress(w io.Writer, images int) *progress {
-	pr := &progress{w: w, bars: map[string]*mpb.Bar{}}
+	p := &progress{w: w, total: images, flight: map[string]*atomic.Int64{}, sizes: map[string]int64{}}
 	if f, ok := w.(*os.File); ok {
 		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
-			pr.p = mpb.New(mpb.WithOutput(w), mpb.WithWidth(32))
-			pr.total = pr.p.AddBar(int64(images),
-				mpb.PrependDecorators(decor.Name("all images ", decor.WCSyncSpaceR), decor.CountersNoUnit("%d / %d")),
-				mpb.AppendDecorators(decor.Percentage()))
+			p.tty = true
+			p.stop, p.stopped = make(chan struct{}), make(chan struct{})
+			go p.draw()
 		}
 	}
-	return pr
+	return p
+}
+
+func (p *progress) draw() {
+	defer close(p.stopped)
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.stop:
+			p.render(true)
+			return
+		case <-t.C:
+			p.render(false)
+		}
+	}
+}
+
+func (p *progress) render(final bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	refs := make([]string, 0, len(p.flight))
+	var got, want int64
+	for ref, n := range p.flight {
+		refs = append(refs, ref)
+		got += n.Load()
+		want += p.sizes[ref]
+	}
+	sort.Strings(refs)
+	line := fmt.Sprintf("%d / %d images", p.finished, p.total)
+	if len(refs) > 0 {
+		line += fmt.Sprintf(", %s of %s: %s", mb(got), mb(want), strings.Join(refs, ", "))
+	}
+	if len(line) > 120 {
+		line = line[:119] + "…"
+	}
+	pad := max(0, p.lastLine-len(line))
+	p.lastLine = len(line)
+	fmt.Fprintf(p.w, "\r%s%s", line, strings.Repeat(" ", pad))
+	if final {
+		fmt.Fprintln(p.w)
+	}
 }
 
 func (p *progress) start(ref string, bytes int64) {
-	if p.p == nil {
-		return
-	}
-	bar := p.p.AddBar(bytes,
-		mpb.PrependDecorators(decor.Name(ref+" ", decor.WCSyncSpaceR), decor.Counters(decor.SizeB1000(0), "% .1f / % .1f")),
-		mpb.AppendDecorators(decor.Percentage()), mpb.BarRemoveOnComplete())
 	p.mu.Lock()
-	p.bars[ref] = bar
-	p.mu.Unlock()
+	defer p.mu.Unlock()
+	p.flight[ref] = &atomic.Int64{}
+	p.sizes[ref] = bytes
 }
 
-type barWriter struct{ bar *mpb.Bar }
+type countWriter struct{ n *atomic.Int64 }
 
-func (b barWriter) Write(q []byte) (int, error) {
-	if b.bar != nil {
-		b.bar.IncrBy(len(q))
+func (c countWriter) Write(q []byte) (int, error) {
+	if c.n != nil {
+		c.n.Add(int64(len(q)))
 	}
 	return len(q), nil
 }
@@ -58,31 +102,33 @@ func (b barWriter) Write(q []byte) (int, error) {
 func (p *progress) writer(ref string) io.Writer {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return barWriter{p.bars[ref]}
+	return countWriter{p.flight[ref]}
 }
 
 func (p *progress) done(ref string, err error) {
-	if p.p == nil {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		if err != nil {
-			fmt.Fprintf(p.w, "failed  %s: %v\n", ref, err)
-		} else {
-			fmt.Fprintf(p.w, "done    %s\n", ref)
-		}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.flight, ref)
+	delete(p.sizes, ref)
+	p.finished++
+	if p.tty && err == nil {
 		return
 	}
-	p.mu.Lock()
-	bar := p.bars[ref]
-	p.mu.Unlock()
-	if bar != nil && !bar.Completed() {
-		bar.Abort(true)
+	if p.tty {
+		fmt.Fprintf(p.w, "\r%s\r", strings.Repeat(" ", p.lastLine))
+		p.lastLine = 0
 	}
-	p.total.Increment()
+	if err != nil {
+		fmt.Fprintf(p.w, "failed  %s: %v\n", ref, err)
+	} else {
+		fmt.Fprintf(p.w, "done    %s\n", ref)
+	}
 }
 
+// wait ends the status line; pullAll calls it, and a second call is a no-op.
 func (p *progress) wait() {
-	if p.p != nil {
-		p.p.Wait()
+	if p.tty {
+		p.stopOnce.Do(func() { close(p.stop) })
+		<-p.stopped
 	}
 }
