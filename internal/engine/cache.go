@@ -5,15 +5,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -204,25 +199,6 @@ func New(ctx context.Context, cfg Config) (*Cache, error) {
 	return c, nil
 }
 
-var cacheDirRE = regexp.MustCompile(`^[a-z0-9._-]+-[0-9a-f]{8}$`)
-
-// dropOldLayout removes what an earlier pullthrough stored in
-// distribution's layout (docker/registry/v2), which this engine neither
-// reads nor cleans otherwise: cached content only, fetched again on demand.
-func (c *Cache) dropOldLayout() {
-	old := filepath.Join(c.cfg.StorageDir, "docker", "registry", "v2")
-	if _, err := os.Stat(old); err != nil || !cacheDirRE.MatchString(filepath.Base(c.cfg.StorageDir)) {
-		// Only in a directory cachetest named (<host>-<8 hex digits>):
-		// never in a registry's own data directory given by hand.
-		return
-	}
-	if err := os.RemoveAll(filepath.Join(c.cfg.StorageDir, "docker")); err != nil {
-		c.log.Warn("removing the previous storage layout", "dir", old, "error", err)
-		return
-	}
-	c.log.Info("removed content stored in the previous layout (distribution's); it is fetched again when asked for", "dir", old)
-}
-
 func (c *Cache) sweep() {
 	c.store.relock()
 	if files, bytes := c.store.sweep(time.Now()); files > 0 {
@@ -236,22 +212,6 @@ func (c *Cache) sweep() {
 func Identity(remote string, mode Mode) string {
 	sum := sha256.Sum256([]byte(remote))
 	return hex.EncodeToString(sum[:6]) + "/" + mode.String()
-}
-
-func checkWritable(dir string) error {
-	if dir == "" {
-		return errors.New("no directory given")
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(dir, ".write-check-*")
-	if err != nil {
-		return err
-	}
-	name := f.Name()
-	f.Close()
-	return os.Remove(filepath.Clean(name))
 }
 
 // ServeHTTP answers the pull side of the registry API.
@@ -324,61 +284,6 @@ func (c *Cache) notCached(w http.ResponseWriter, rt route) {
 		fmt.Sprintf("%s/%s is not cached and the cache is in strict mode", c.cfg.Host, rt.String()))
 }
 
-// Fleet is how instances of a cache tier share blobs: shared storage for
-// what is stored, and one claim per blob for who downloads it.
-type Fleet interface {
-	// Blob returns a reader of a blob from the fleet (ok true): its shared
-	// storage, or the fill of the instance that holds the blob's claim. With
-	// ok false, this instance now holds the claim and is to fetch the blob
-	// from upstream, then call Done. An error means the fleet cannot be
-	// asked: the instance then fetches on its own.
-	Blob(ctx context.Context, d digest.Digest) (body io.ReadCloser, size int64, ok bool, err error)
-	// Done ends this instance's claim on a blob: path is the verified blob
-	// to share, or "" when the download failed.
-	Done(ctx context.Context, d digest.Digest, path string)
-	// Manifest returns what another instance recorded for a manifest key
-	// (repository and reference) within the record's lifetime (ok true),
-	// waiting while another instance holds the key's claim. With ok false
-	// this instance now holds the claim, fetches the manifest, and calls
-	// ManifestDone. An error means the fleet cannot be asked: the instance
-	// then fetches on its own.
-	Manifest(ctx context.Context, key string) (record []byte, ok bool, err error)
-	// ManifestDone ends this instance's claim on a manifest key, leaving
-	// record for the others for ttl (nil: nothing to share).
-	ManifestDone(ctx context.Context, key string, record []byte, ttl time.Duration)
-	// Discard removes the fleet's stored copy of a blob, found damaged (its
-	// size or digest do not match): the next fetch goes to the origin.
-	Discard(ctx context.Context, d digest.Digest)
-}
-
-// FillPath serves a blob being downloaded by this instance to a peer of the
-// fleet: GET FillPath + digest streams the fill as it grows (or the stored
-// blob); anything else is 404.
-const FillPath = "/_pullthrough/fill/"
-
-func (c *Cache) servePeer(w http.ResponseWriter, r *http.Request) {
-	d, err := digest.Parse(r.URL.Path[len(FillPath):])
-	if err != nil || d.Algorithm() != digest.SHA256 {
-		writeRegistryError(w, http.StatusBadRequest, "DIGEST_INVALID", "want "+FillPath+"sha256:<hex>")
-		return
-	}
-	if c.store.statBlob(d) >= 0 && !c.serveStored(w, r, d, nil) {
-		return
-	}
-	c.mu.Lock()
-	f, ok := c.fills[d]
-	if ok {
-		f.readers++
-	}
-	c.mu.Unlock()
-	if !ok {
-		writeRegistryError(w, http.StatusNotFound, "BLOB_UNKNOWN", "no download of "+d.String()+" here")
-		return
-	}
-	defer f.release()
-	f.serve(r.Context(), w, r)
-}
-
 // Stats returns the counters since start.
 func (c *Cache) Stats() Stats { return c.stats.snapshot() }
 
@@ -414,22 +319,3 @@ func (c *Cache) Close() error {
 	c.store.close()
 	return nil
 }
-
-// countingWriter counts response bytes before writing them, so that a
-// client that has read its last byte sees it in the counters already.
-type countingWriter struct {
-	http.ResponseWriter
-	n interface{ Add(int64) int64 }
-}
-
-func (c *countingWriter) Write(p []byte) (int, error) {
-	c.n.Add(int64(len(p)))
-	n, err := c.ResponseWriter.Write(p)
-	if n < len(p) {
-		c.n.Add(int64(n - len(p)))
-	}
-	return n, err
-}
-
-// Unwrap lets http.ResponseController reach the real writer.
-func (c *countingWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
