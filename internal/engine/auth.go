@@ -83,20 +83,7 @@ func (u *upstream) fetchToken(ctx context.Context, ep *endpoint, last bool, para
 		return &upstreamError{host: u.host, status: http.StatusBadGateway, code: "UNAVAILABLE",
 			msg: fmt.Sprintf("upstream %s sent a token realm that is not an http(s) URL", u.host)}
 	}
-	q := realm.Query()
-	if s := params["service"]; s != "" {
-		q.Set("service", s)
-	}
-	q.Set("scope", scope)
-	realm.RawQuery = q.Encode()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, realm.String(), nil)
-	if err != nil {
-		return err
-	}
-	if last && u.creds.hasBasic() {
-		req.SetBasicAuth(u.creds.user, u.creds.password)
-	}
-	resp, err := u.client.Do(req)
+	resp, err := u.tokenExchange(ctx, realm, params["service"], scope, last)
 	if err != nil {
 		return u.transportError(ctx, ep, err)
 	}
@@ -111,9 +98,10 @@ func (u *upstream) fetchToken(ctx context.Context, ep *endpoint, last bool, para
 			msg: fmt.Sprintf("upstream %s refused a token for %s: %s", u.host, scope, u.secrets.redact(summarize(resp.Status, body)))}
 	}
 	var tok struct {
-		Token       string `json:"token"`
-		AccessToken string `json:"access_token"`
-		ExpiresIn   int    `json:"expires_in"`
+		Token        string `json:"token"`
+		AccessToken  string `json:"access_token"`
+		ExpiresIn    int    `json:"expires_in"`
+		RefreshToken string `json:"refresh_token"`
 	}
 	if err := json.Unmarshal(body, &tok); err != nil || (tok.Token == "" && tok.AccessToken == "") {
 		return &upstreamError{host: u.host, status: http.StatusBadGateway, code: "UNAVAILABLE",
@@ -130,8 +118,57 @@ func (u *upstream) fetchToken(ctx context.Context, ep *endpoint, last bool, para
 	u.secrets.add(t)
 	u.mu.Lock()
 	u.tokens[ep.label+" "+scope] = bearer{token: t, expires: time.Now().Add(ttl - 10*time.Second)}
+	if last && tok.RefreshToken != "" && u.refresh != "" {
+		// The server rotated the refresh token: the old one may be spent.
+		u.secrets.add(tok.RefreshToken)
+		u.refresh = tok.RefreshToken
+	}
 	u.mu.Unlock()
 	return nil
+}
+
+// tokenExchange asks the realm for a token for scope. With an identity
+// token (Docker's identitytoken, an OAuth2 refresh token: what `docker
+// login` keeps for some registries and credential helpers return for
+// several clouds) it is the OAuth2 refresh grant, a form POST; a realm that
+// does not take POST (404, 405) is asked again the classic way. Otherwise a
+// GET with service and scope, with the basic credentials if there are any.
+// A fleet tier (last false) never gets credentials.
+func (u *upstream) tokenExchange(ctx context.Context, realm *url.URL, service, scope string, last bool) (*http.Response, error) {
+	u.mu.Lock()
+	refresh := u.refresh
+	u.mu.Unlock()
+	if last && refresh != "" {
+		form := url.Values{"grant_type": {"refresh_token"}, "refresh_token": {refresh}, "client_id": {"pullthrough"}, "scope": {scope}}
+		if service != "" {
+			form.Set("service", service)
+		}
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, realm.String(), strings.NewReader(form.Encode()))
+		if err != nil {
+			return nil, err
+		}
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		resp, err := u.client.Do(req)
+		if err != nil || (resp.StatusCode != http.StatusNotFound && resp.StatusCode != http.StatusMethodNotAllowed) {
+			return resp, err
+		}
+		drain(resp.Body)
+	}
+	q := realm.Query()
+	if service != "" {
+		q.Set("service", service)
+	}
+	q.Set("scope", scope)
+	get := *realm
+	get.RawQuery = q.Encode()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, get.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+	if last && u.creds.hasBasic() {
+		req.SetBasicAuth(u.creds.user, u.creds.password)
+	}
+	return u.client.Do(req)
 }
 
 // parseChallenge reads a WWW-Authenticate header: a scheme and its

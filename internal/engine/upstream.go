@@ -30,8 +30,9 @@ type upstream struct {
 	secrets   *secrets
 	log       *slog.Logger
 
-	mu     sync.Mutex
-	tokens map[string]bearer // by endpoint and scope
+	mu      sync.Mutex
+	tokens  map[string]bearer // by endpoint and scope
+	refresh string            // the origin's OAuth2 refresh token, rotated as the server says
 }
 
 func newUpstream(host string, remotes []*url.URL, creds *credentials, dial, header, tier time.Duration, stats *counters, sec *secrets, log *slog.Logger) *upstream {
@@ -45,7 +46,7 @@ func newUpstream(host string, remotes []*url.URL, creds *credentials, dial, head
 		IdleConnTimeout:       90 * time.Second,
 		ForceAttemptHTTP2:     true,
 	}
-	u := &upstream{host: host, creds: creds, base: base, header: header, tier: tier, stats: stats, secrets: sec, log: log, tokens: map[string]bearer{}}
+	u := &upstream{host: host, creds: creds, refresh: creds.identityToken, base: base, header: header, tier: tier, stats: stats, secrets: sec, log: log, tokens: map[string]bearer{}}
 	for _, r := range remotes {
 		u.endpoints = append(u.endpoints, newEndpoint(r))
 	}
@@ -154,7 +155,9 @@ func (u *upstream) doOne(ctx context.Context, ep *endpoint, last bool, method, r
 	if err != nil {
 		return nil, err
 	}
-	if params != nil && !u.hasToken(ep, scope) {
+	// A registry token is the bearer token itself: no token dance.
+	useRegistryToken := last && u.creds.registryToken != ""
+	if params != nil && !useRegistryToken && !u.hasToken(ep, scope) {
 		if err := u.fetchToken(ctx, ep, last, params, scope); err != nil {
 			return nil, err
 		}
@@ -196,7 +199,7 @@ func (u *upstream) doOne(ctx context.Context, ep *endpoint, last bool, method, r
 		challenge := resp.Header.Get("Www-Authenticate")
 		scheme, params := parseChallenge(challenge)
 		switch {
-		case scheme == "bearer" && params["realm"] != "":
+		case scheme == "bearer" && params["realm"] != "" && !useRegistryToken:
 			drain(resp.Body)
 			ep.mu.Lock()
 			ep.pinged, ep.challenge = true, params
