@@ -257,7 +257,7 @@ func (c *Cache) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	case kindOther:
 		writeRegistryError(w, http.StatusNotFound, "UNSUPPORTED",
-			fmt.Sprintf("path %q: this cache answers /v2/, /v2/<name>/manifests/<reference> and /v2/<name>/blobs/<digest>", trunc(r.URL.Path)))
+			fmt.Sprintf("path %q: this cache answers the pull API: /v2/, /v2/<name>/manifests/<reference>, /v2/<name>/blobs/<digest>, /v2/<name>/tags/list and /v2/<name>/referrers/<digest>", trunc(r.URL.Path)))
 		return
 	}
 	if code, msg, ok := rt.check(); !ok {
@@ -266,10 +266,13 @@ func (c *Cache) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	c.stats.requests.Add(1)
 	cw := &countingWriter{ResponseWriter: w, n: &c.stats.servedBytes}
-	if rt.kind == kindBlob {
+	switch rt.kind {
+	case kindBlob:
 		c.serveBlob(cw, r, rt)
-	} else {
+	case kindManifest:
 		c.serveManifest(cw, r, rt)
+	default:
+		c.serveList(cw, r, rt)
 	}
 }
 

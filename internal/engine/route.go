@@ -15,6 +15,8 @@ const (
 	kindBase       // /v2/
 	kindManifest
 	kindBlob
+	kindTags      // /v2/<name>/tags/list
+	kindReferrers // /v2/<name>/referrers/<digest>
 )
 
 // route is a parsed registry API path: /v2/, /v2/<name>/manifests/<ref> or
@@ -33,10 +35,13 @@ func parseRoute(path string) route {
 	if !ok {
 		return route{}
 	}
+	if name, ok := strings.CutSuffix(p, "/tags/list"); ok && name != "" {
+		return route{kind: kindTags, name: name}
+	}
 	for _, k := range []struct {
 		sep  string
 		kind kind
-	}{{"/manifests/", kindManifest}, {"/blobs/", kindBlob}} {
+	}{{"/manifests/", kindManifest}, {"/blobs/", kindBlob}, {"/referrers/", kindReferrers}} {
 		i := strings.LastIndex(p, k.sep)
 		if i <= 0 {
 			continue
@@ -74,8 +79,11 @@ func (r route) check() (code, msg string, ok bool) {
 		}
 		return "NAME_INVALID", fmt.Sprintf("repository name %q: want at most %d characters of lower-case path components (the distribution spec's grammar)", n, maxNameLen), false
 	}
+	if r.kind == kindTags {
+		return "", "", true
+	}
 	looksDigest := strings.Contains(r.ref, ":")
-	if r.kind == kindBlob || looksDigest {
+	if r.kind == kindBlob || r.kind == kindReferrers || looksDigest {
 		d, err := digest.Parse(r.ref)
 		if err != nil || d.Algorithm() != digest.SHA256 {
 			return "DIGEST_INVALID", fmt.Sprintf("digest %q: want sha256:<64 hex digits>", trunc(r.ref)), false

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -149,7 +150,9 @@ func (u *upstream) doOne(ctx context.Context, ep *endpoint, last bool, method, r
 		name = ep.prefix + "/" + repo
 	}
 	target := *ep.remote
+	rest, query, _ := strings.Cut(rest, "?")
 	target.Path = "/v2/" + name + "/" + rest
+	target.RawQuery = query
 	scope := "repository:" + name + ":pull"
 	params, err := u.challengeFor(ctx, ep, last)
 	if err != nil {
