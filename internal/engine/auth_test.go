@@ -192,7 +192,9 @@ func TestAuthWrongPasswordIsRefusedTruthfullyAndNeverEchoed(t *testing.T) {
 	resp, err := http.Get(srv.URL + "/v2/lib/app/manifests/v1")
 	require.NoError(t, err)
 	defer resp.Body.Close()
-	var body struct{ Errors []struct{ Code, Message string } }
+	var body struct {
+		Errors []struct{ Code, Message string }
+	}
 	require.NoError(t, json.NewDecoder(resp.Body).Decode(&body))
 	assert.Equal(t, http.StatusUnauthorized, resp.StatusCode)
 	require.NotEmpty(t, body.Errors)
