@@ -2,8 +2,8 @@ package cachetest_test
 
 import (
 	"bytes"
-	"encoding/json"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log"
@@ -126,7 +126,7 @@ func seeded(t *testing.T, host, repo string) (tags, manifests, blobs []string) {
 		seenM[desc.Digest.String()] = true
 		manifests = append(manifests, desc.Digest.String())
 		var m struct {
-			Config    *struct{ Digest string } `json:"config"`
+			Config    *struct{ Digest string }  `json:"config"`
 			Layers    []struct{ Digest string } `json:"layers"`
 			Blobs     []struct{ Digest string } `json:"blobs"`
 			Manifests []struct{ Digest string } `json:"manifests"`
