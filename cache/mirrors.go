@@ -46,3 +46,18 @@ func (s *Set) mirrorAddr(addr string) (string, error) {
 	}
 	return "", fmt.Errorf("mirror address %s: the caches listen on %v only; add it with WithListenAddrs or use WithListenAll", ip, s.addrs)
 }
+
+// WildcardMirror is one endpoint for every registry of the set at addr, for
+// Talos's "*" mirror (containerd's _default host, which adds ?ns=<registry>
+// to every request): the first cache's port, which routes each request to
+// its registry's cache. "http://172.17.0.1:5000".
+func (s *Set) WildcardMirror(addr string) (string, error) {
+	ip, err := s.mirrorAddr(addr)
+	if err != nil {
+		return "", err
+	}
+	if len(s.caches) == 0 {
+		return "", fmt.Errorf("no caches")
+	}
+	return "http://" + net.JoinHostPort(ip, strconv.Itoa(s.caches[0].port)), nil
+}

@@ -12,6 +12,7 @@ type Option func(*settings)
 type settings struct {
 	caches       *cache.Set
 	mirrors      map[string]string
+	single       bool
 	skipFallback bool
 	bridge       string
 	logger       *slog.Logger
@@ -36,6 +37,14 @@ func WithMirrors(m map[string]string) Option {
 		}
 	}
 }
+
+// WithSingleMirror gives nodes one mirror for every registry, Talos's "*"
+// mirror, at one port of the caches of WithCaches: containerd sends every
+// pull to it with ?ns=<registry>, and the caches route by it. A registry
+// the set does not cache is refused by the caches (with skipFallback, the
+// node's pull then fails and names it; without, containerd fetches it from
+// the registry itself).
+func WithSingleMirror() Option { return func(o *settings) { o.single = true } }
 
 // WithSkipFallback writes the mirrors as Talos RegistryMirrorConfig
 // documents with skipFallback: true, so a node's containerd never pulls from

@@ -80,13 +80,22 @@ func configure(ctx context.Context, spec Spec, o *settings) (*Plan, error) {
 				return nil, err
 			}
 		}
-		m, err := o.caches.Mirrors(addr)
-		if err != nil {
-			return nil, err
-		}
-		for _, c := range o.caches.Caches() {
-			hosts = append(hosts, c.Host())
-			p.Mirrors[c.Host()] = m[c.Host()]
+		if o.single {
+			u, err := o.caches.WildcardMirror(addr)
+			if err != nil {
+				return nil, err
+			}
+			hosts = append(hosts, "*")
+			p.Mirrors["*"] = u
+		} else {
+			m, err := o.caches.Mirrors(addr)
+			if err != nil {
+				return nil, err
+			}
+			for _, c := range o.caches.Caches() {
+				hosts = append(hosts, c.Host())
+				p.Mirrors[c.Host()] = m[c.Host()]
+			}
 		}
 		skipFallback = skipFallback || o.caches.Mode() == cache.Strict
 	}
@@ -236,7 +245,7 @@ func mirrorPatch(hosts []string, mirrors map[string]string) string {
 		if i > 0 {
 			b.WriteString("---\n")
 		}
-		fmt.Fprintf(&b, "apiVersion: v1alpha1\nkind: RegistryMirrorConfig\nname: %s\nendpoints:\n  - url: %s\nskipFallback: true\n", h, mirrors[h])
+		fmt.Fprintf(&b, "apiVersion: v1alpha1\nkind: RegistryMirrorConfig\nname: %q\nendpoints:\n  - url: %s\nskipFallback: true\n", h, mirrors[h])
 	}
 	return b.String()
 }
@@ -244,7 +253,7 @@ func mirrorPatch(hosts []string, mirrors map[string]string) string {
 // checkMirror names a mirror that is not a registry host and an http(s) URL.
 func checkMirror(host, u string) error {
 	r, err := url.Parse(u)
-	if host == "" || strings.ContainsAny(host, "/ =") || err != nil || (r.Scheme != "http" && r.Scheme != "https") || r.Host == "" {
+	if host == "" || (host != "*" && strings.ContainsAny(host, "/ =*")) || err != nil || (r.Scheme != "http" && r.Scheme != "https") || r.Host == "" {
 		return fmt.Errorf("mirror %q=%q: want a registry host and an http:// or https:// URL, such as docker.io=http://172.17.0.1:5000", host, u)
 	}
 	return nil
