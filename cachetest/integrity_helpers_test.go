@@ -1,0 +1,229 @@
+package cachetest_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"math/rand"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pullthrough/pullthrough/cache"
+)
+
+// faultyUpstream is an in-memory registry whose blob bodies can be damaged
+// (one byte flipped, same length) or trickled (one byte a second).
+type faultyUpstream struct {
+	*httptest.Server
+	flipAt       atomic.Int64 // >= 0: the blob body byte at this offset is flipped
+	trickle      atomic.Bool
+	blobGETs     atomic.Int64
+	manifestGETs atomic.Int64
+	gate         atomic.Pointer[func()] // called before a blob GET is answered
+}
+
+func newFaultyUpstream(tb testing.TB) *faultyUpstream {
+	tb.Helper()
+	u := &faultyUpstream{}
+	u.flipAt.Store(-1)
+	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet {
+			reg.ServeHTTP(w, r)
+			return
+		}
+		if strings.Contains(r.URL.Path, "/manifests/") {
+			u.manifestGETs.Add(1)
+		}
+		if strings.Contains(r.URL.Path, "/blobs/sha256:") {
+			u.blobGETs.Add(1)
+			if g := u.gate.Load(); g != nil {
+				(*g)()
+			}
+			if at := u.flipAt.Load(); at >= 0 {
+				w = &flipWriter{ResponseWriter: w, at: at}
+			}
+			if u.trickle.Load() {
+				w = &trickleWriter{ResponseWriter: w, ctx: r.Context()}
+			}
+		}
+		reg.ServeHTTP(w, r)
+	}))
+	tb.Cleanup(u.Close)
+	return u
+}
+
+func (u *faultyUpstream) upstream(host string) cache.Upstream {
+	return cache.Upstream{Host: host, URL: u.URL}
+}
+
+func (u *faultyUpstream) pushImage(tb testing.TB, repoTag string, img v1.Image) {
+	tb.Helper()
+	ref, err := name.ParseReference(strings.TrimPrefix(u.URL, "http://")+"/"+repoTag, name.Insecure)
+	require.NoError(tb, err)
+	require.NoError(tb, remote.Write(ref, img))
+	u.blobGETs.Store(0)
+	u.manifestGETs.Store(0)
+}
+
+// waitForRequests holds each blob GET until the cache has counted n client
+// requests (or 10s have passed), so that n clients share one download.
+func (u *faultyUpstream) waitForRequests(c *cache.Cache, n int64) {
+	g := func() {
+		for end := time.Now().Add(10 * time.Second); c.Stats().Requests < n && time.Now().Before(end); {
+			time.Sleep(2 * time.Millisecond) // the upstream's polling of a condition
+		}
+	}
+	u.gate.Store(&g)
+}
+
+// flipWriter inverts the body byte at offset at.
+type flipWriter struct {
+	http.ResponseWriter
+	at, off int64
+}
+
+func (f *flipWriter) Write(p []byte) (int, error) {
+	if i := f.at - f.off; i >= 0 && i < int64(len(p)) {
+		q := append([]byte(nil), p...)
+		q[i] ^= 0xff
+		p = q
+	}
+	n, err := f.ResponseWriter.Write(p)
+	f.off += int64(n)
+	return n, err
+}
+
+// trickleWriter sends one byte a second, flushed, until the client leaves.
+type trickleWriter struct {
+	http.ResponseWriter
+	ctx context.Context
+}
+
+func (t *trickleWriter) Write(p []byte) (int, error) {
+	for i := range p {
+		if _, err := t.ResponseWriter.Write(p[i : i+1]); err != nil {
+			return i, err
+		}
+		t.ResponseWriter.(http.Flusher).Flush()
+		select {
+		case <-t.ctx.Done():
+			return i + 1, t.ctx.Err()
+		case <-time.After(time.Second): // the upstream's rate, not a test wait
+		}
+	}
+	return len(p), nil
+}
+
+// outcome is what one client saw of a blob GET.
+type outcome struct {
+	status int
+	length int64 // Content-Length, -1 if none
+	n      int64 // body bytes read
+	digest string
+	err    error // from the request or the body
+}
+
+// complete says the client read a whole body: every byte Content-Length
+// announced, without an error. A client takes such a body as the blob.
+func (o outcome) complete() bool {
+	return o.err == nil && (o.status == http.StatusOK || o.status == http.StatusPartialContent) && o.length >= 0 && o.n == o.length
+}
+
+func (o outcome) String() string {
+	return fmt.Sprintf("status %d, %d of %d bytes, %s, err %v", o.status, o.n, o.length, o.digest, o.err)
+}
+
+func fetchBlob(ctx context.Context, addr, repo string, d v1.Hash, header http.Header) outcome {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v2/"+repo+"/blobs/"+d.String(), nil)
+	if err != nil {
+		return outcome{err: err}
+	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return outcome{err: err, length: -1}
+	}
+	defer resp.Body.Close()
+	o := outcome{status: resp.StatusCode, length: resp.ContentLength}
+	o.digest, o.n, o.err = readAllDigest(resp.Body)
+	return o
+}
+
+// startSet starts a set that the test can close before its end (close is
+// idempotent, and the test's cleanup calls it too).
+func startSet(tb testing.TB, opts ...cache.Option) (*cache.Set, func()) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	set, err := cache.Start(ctx, opts...)
+	require.NoError(tb, err)
+	var once sync.Once
+	closeSet := func() {
+		once.Do(func() {
+			if err := set.Close(); err != nil {
+				tb.Errorf("closing caches: %v", err)
+			}
+		})
+	}
+	tb.Cleanup(closeSet)
+	return set, closeSet
+}
+
+// startFixedPort starts a one-upstream set on a fixed port, as a fleet
+// instance needs. cache.Start binds the port itself, so the test cannot
+// keep a listener of its own; instead of listen-and-close (another process
+// may take the port in between) it draws ports below the kernel's
+// ephemeral range, which :0 binds and outgoing connections never use, and
+// draws again when the port is taken.
+func startFixedPort(tb testing.TB, up cache.Upstream, opts ...cache.Option) *cache.Set {
+	tb.Helper()
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		fmt.Sscan(string(b), &low)
+	}
+	require.Greater(tb, low, 12000, "the ephemeral port range starts too low to draw fixed ports below it")
+	var lastErr error
+	for range 20 {
+		up.Port = 10000 + rand.Intn(low-10000)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		set, err := cache.Start(ctx, append([]cache.Option{cache.WithUpstreams(up), cache.WithFixedPorts(), cache.WithListenAddrs("127.0.0.1")}, opts...)...)
+		cancel()
+		var opErr *net.OpError
+		if err != nil && (errors.Is(err, cache.ErrPortInUse) || errors.As(err, &opErr)) {
+			lastErr = err
+			continue
+		}
+		require.NoError(tb, err)
+		if set.Cache(up.Host).Reused() {
+			set.Close()
+			lastErr = fmt.Errorf("port %d is another cache's", up.Port)
+			continue
+		}
+		tb.Cleanup(func() {
+			if err := set.Close(); err != nil {
+				tb.Errorf("closing caches: %v", err)
+			}
+		})
+		return set
+	}
+	tb.Fatalf("no free fixed port in 20 draws: %v", lastErr)
+	return nil
+}

@@ -1,0 +1,466 @@
+package cachetest_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/pullthrough/pullthrough/cache"
+	"github.com/pullthrough/pullthrough/cachetest"
+	"github.com/pullthrough/pullthrough/internal/fleettest"
+)
+
+// noWrongBody fails the test for a client that read a whole body whose
+// digest is not the blob's: the one thing a cache must never hand out.
+func noWrongBody(t *testing.T, o outcome, d v1.Hash, who string) {
+	t.Helper()
+	if o.complete() && o.digest != d.String() {
+		t.Errorf("%s got a complete body with the wrong digest: %s", who, o)
+	}
+}
+
+func TestUpstreamFlippingAByteGivesNoClientAWrongBody(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		size int64
+		at   func(size int64) int64
+	}{
+		{"first byte of 4 MiB", 4 << 20, func(int64) int64 { return 0 }},
+		{"middle byte of 4 MiB", 4 << 20, func(s int64) int64 { return s / 2 }},
+		{"last byte of 4 MiB", 4 << 20, func(s int64) int64 { return s - 1 }},
+		{"last byte of 100 KiB", 100 << 10, func(s int64) int64 { return s - 1 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := newFaultyUpstream(t)
+			img, layer := bigImage(t, tc.size, 91)
+			up.pushImage(t, "app:v1", img)
+			d := layerDigest(t, layer)
+			size, err := layer.Size()
+			require.NoError(t, err)
+			c := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test"))).Cache("registry.test")
+			up.flipAt.Store(tc.at(size))
+			const clients = 15
+			up.waitForRequests(c, clients)
+
+			outs := make([]outcome, clients)
+			var g errgroup.Group
+			for i := range clients {
+				g.Go(func() error { outs[i] = fetchBlob(testCtx(t), c.Addr(), "app", d, nil); return nil })
+			}
+			require.NoError(t, g.Wait())
+			cut := 0
+			for i, o := range outs {
+				noWrongBody(t, o, d, fmt.Sprintf("client %d", i))
+				if !o.complete() {
+					cut++
+				}
+			}
+			t.Logf("%d of %d clients saw an error or a cut; %d upstream blob GETs", cut, clients, up.blobGETs.Load())
+			assert.Equal(t, clients, cut, "only damaged bytes came from upstream, yet a client got a whole body")
+			requireNoFills(t, c)
+			_, statErr := os.Stat(blobPath(c, d.Hex))
+			assert.True(t, os.IsNotExist(statErr), "a blob with the wrong digest was stored")
+
+			up.gate.Store(nil)
+			up.flipAt.Store(-1)
+			o := fetchBlob(testCtx(t), c.Addr(), "app", d, nil)
+			require.True(t, o.complete(), "after the upstream heals: %s", o)
+			assert.Equal(t, d.String(), o.digest)
+			waitStored(t, c, d)
+		})
+	}
+}
+
+// requireNoFills waits until no download is under way in the cache.
+func requireNoFills(t *testing.T, c *cache.Cache) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		ents, err := os.ReadDir(filepath.Join(c.StorageDir(), "v2", "fills"))
+		return err == nil && len(ents) == 0
+	}, 10*time.Second, 5*time.Millisecond, "a download's files were left behind")
+}
+
+// flipByte inverts one byte of a file in place; its size stays the same.
+func flipByte(t *testing.T, path string, at int64) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	require.NoError(t, err)
+	defer f.Close()
+	b := make([]byte, 1)
+	_, err = f.ReadAt(b, at)
+	require.NoError(t, err)
+	b[0] ^= 0xff
+	_, err = f.WriteAt(b, at)
+	require.NoError(t, err)
+}
+
+func fileDigest(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	sum := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+func TestDamagedStoredBlobIsFetchedAgain(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		size  int64
+		rng   bool
+		first string // what the first pull must get: "right", or "right or cut"
+	}{
+		// Hashed before the first byte: fetched again in the same request.
+		{"small", 256 << 10, false, "right"},
+		// Hashed as sent, the last byte held back: a cut, then right.
+		{"large", 3 << 20, false, "right or cut"},
+		// A range is hashed before it is sent, whatever the size.
+		{"large range", 3 << 20, true, "right"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := newFaultyUpstream(t)
+			img, layer := bigImage(t, tc.size, 92)
+			up.pushImage(t, "app:v1", img)
+			d := layerDigest(t, layer)
+			want, err := io.ReadAll(must(layer.Compressed()))
+			require.NoError(t, err)
+			root := t.TempDir()
+			opts := []cache.Option{cache.WithUpstreams(up.upstream("registry.test")), cache.WithStorageDir(root)}
+			first, closeFirst := startSet(t, opts...)
+			c := first.Cache("registry.test")
+			o := fetchBlob(testCtx(t), c.Addr(), "app", d, nil)
+			require.True(t, o.complete() && o.digest == d.String(), "cold pull: %s", o)
+			waitStored(t, c, d)
+			closeFirst()
+
+			flipByte(t, blobPath(c, d.Hex), tc.size/2)
+			up.blobGETs.Store(0)
+			second, _ := startSet(t, opts...)
+			c = second.Cache("registry.test")
+			var header http.Header
+			lo, hi := tc.size/2-1000, tc.size/2+1000 // the damaged byte is in it
+			if tc.rng {
+				header = http.Header{"Range": {fmt.Sprintf("bytes=%d-%d", lo, hi)}}
+			}
+			got := fetchBlob(testCtx(t), c.Addr(), "app", d, header)
+			if tc.rng {
+				require.True(t, got.complete(), "the range was not answered: %s", got)
+				body := rangeBytes(t, c.Addr(), d, lo, hi)
+				assert.True(t, bytes.Equal(want[lo:hi+1], body), "a range of a damaged blob was served from the damage")
+			} else {
+				noWrongBody(t, got, d, "the first pull")
+				if tc.first == "right" {
+					require.True(t, got.complete(), "a small damaged blob is fetched again within the request: %s", got)
+				}
+			}
+			pulls := 1
+			for !got.complete() && pulls < 2 {
+				got = fetchBlob(testCtx(t), c.Addr(), "app", d, nil)
+				noWrongBody(t, got, d, "the second pull")
+				pulls++
+			}
+			require.True(t, got.complete(), "still not right after %d pulls: %s", pulls, got)
+			t.Logf("right after %d pull(s), %d upstream blob GETs", pulls, up.blobGETs.Load())
+			assert.EqualValues(t, 1, c.Stats().Damaged, "the damaged blob is counted once")
+			assert.EqualValues(t, 1, up.blobGETs.Load(), "the damaged blob is fetched again once")
+			waitStored(t, c, d)
+			assert.Equal(t, d.String(), fileDigest(t, blobPath(c, d.Hex)), "the stored copy is whole again")
+		})
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+// rangeBytes reads bytes lo..hi of a blob through the cache.
+func rangeBytes(t *testing.T, addr string, d v1.Hash, lo, hi int64) []byte {
+	t.Helper()
+	req, err := http.NewRequestWithContext(testCtx(t), http.MethodGet, "http://"+addr+"/v2/app/blobs/"+d.String(), nil)
+	require.NoError(t, err)
+	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", lo, hi))
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	require.Equal(t, http.StatusPartialContent, resp.StatusCode)
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return b
+}
+
+func TestDamagedStoredManifestIsRewritten(t *testing.T) {
+	up := newFaultyUpstream(t)
+	img, _ := bigImage(t, 64<<10, 93)
+	up.pushImage(t, "app:v1", img)
+	md := digestOf(t, img)
+	root := t.TempDir()
+	opts := []cache.Option{cache.WithUpstreams(up.upstream("registry.test")), cache.WithStorageDir(root)}
+	first, closeFirst := startSet(t, opts...)
+	c := first.Cache("registry.test")
+	_, err := pull(testCtx(t), c, "app:v1")
+	require.NoError(t, err)
+	path := blobPath(c, md.Hex)
+	require.Equal(t, md.String(), fileDigest(t, path), "the manifest is stored by digest")
+	closeFirst()
+
+	flipByte(t, path, 10)
+	up.manifestGETs.Store(0)
+	second, _ := startSet(t, opts...)
+	c = second.Cache("registry.test")
+	for i := range 3 {
+		status, got := manifestBodyDigest(t, c.Addr(), "app", md.String())
+		require.Equal(t, http.StatusOK, status, "GET %d", i+1)
+		assert.Equal(t, md.String(), got, "GET %d served a manifest body with another digest", i+1)
+	}
+	assert.EqualValues(t, 1, up.manifestGETs.Load(), "the damaged manifest costs one upstream GET, then none")
+	assert.EqualValues(t, 1, c.Stats().Damaged)
+	assert.Equal(t, md.String(), fileDigest(t, path), "the stored manifest was rewritten")
+}
+
+// manifestBodyDigest GETs a manifest and hashes the body it got.
+func manifestBodyDigest(t *testing.T, addr, repo, ref string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(testCtx(t), http.MethodGet, "http://"+addr+"/v2/"+repo+"/manifests/"+ref, nil)
+	require.NoError(t, err)
+	req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	got, _, err := readAllDigest(resp.Body)
+	require.NoError(t, err)
+	return resp.StatusCode, got
+}
+
+// fleetInstance starts a cold fleet instance for origin's registry.test.
+func fleetInstance(t *testing.T, origin *faultyUpstream, redisAddr, s3Addr string) *cache.Cache {
+	t.Helper()
+	set := startFixedPort(t, origin.upstream("registry.test"), cache.WithStorageDir(t.TempDir()),
+		cache.WithFleet(cache.FleetConfig{
+			S3Endpoint: "http://" + s3Addr, Bucket: fleettest.Bucket,
+			S3Credentials: cache.BasicAuth(fleettest.AccessKey, fleettest.SecretKey),
+			Redis:         "redis://" + redisAddr, Advertise: "127.0.0.1",
+		}))
+	return set.Cache("registry.test")
+}
+
+func TestDamagedBucketObjectIsReplacedFromTheOrigin(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		damage func([]byte) []byte
+	}{
+		{"one byte flipped", func(b []byte) []byte { b[len(b)/2] ^= 0xff; return b }},
+		{"truncated", func(b []byte) []byte { return b[:1<<20] }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rd, s3srv := fleettest.Redis(t), fleettest.S3(t)
+			bucket := fleettest.Client("http://" + s3srv.Addr)
+			origin := newFaultyUpstream(t)
+			img, layer := bigImage(t, 3<<20, 94)
+			origin.pushImage(t, "app:v1", img)
+			d := layerDigest(t, layer)
+			key := "registry.test/blobs/sha256/" + d.Hex
+			ctx := testCtx(t)
+
+			a := fleetInstance(t, origin, rd.Addr, s3srv.Addr)
+			o := fetchBlob(ctx, a.Addr(), "app", d, nil)
+			require.True(t, o.complete() && o.digest == d.String(), "cold pull through the fleet: %s", o)
+			stored := func() []byte {
+				out, err := bucket.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(fleettest.Bucket), Key: aws.String(key)})
+				if err != nil {
+					return nil
+				}
+				defer out.Body.Close()
+				b, _ := io.ReadAll(out.Body)
+				return b
+			}
+			var obj []byte
+			require.Eventually(t, func() bool { obj = stored(); return obj != nil }, 20*time.Second, 20*time.Millisecond, "the blob never reached the bucket")
+			_, err := bucket.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String(fleettest.Bucket), Key: aws.String(key), Body: bytes.NewReader(tc.damage(obj))})
+			require.NoError(t, err)
+			origin.blobGETs.Store(0)
+
+			// A cold instance finds the damaged object in the bucket.
+			b := fleetInstance(t, origin, rd.Addr, s3srv.Addr)
+			got := fetchBlob(ctx, b.Addr(), "app", d, nil)
+			noWrongBody(t, got, d, "the first pull")
+			pulls := 1
+			for !got.complete() && pulls < 2 {
+				got = fetchBlob(ctx, b.Addr(), "app", d, nil)
+				noWrongBody(t, got, d, "the second pull")
+				pulls++
+			}
+			require.True(t, got.complete(), "still not right after %d pulls: %s", pulls, got)
+			assert.EqualValues(t, 1, origin.blobGETs.Load(), "the origin is asked once for the damaged blob")
+			require.Eventually(t, func() bool {
+				sum := sha256.Sum256(stored())
+				return hex.EncodeToString(sum[:]) == d.Hex
+			}, 20*time.Second, 20*time.Millisecond, "the bucket's object was not replaced with the origin's bytes")
+
+			// A third instance is served from the bucket, not the origin.
+			o = fetchBlob(ctx, fleetInstance(t, origin, rd.Addr, s3srv.Addr).Addr(), "app", d, nil)
+			require.True(t, o.complete() && o.digest == d.String(), "a pull after the repair: %s", o)
+			assert.EqualValues(t, 1, origin.blobGETs.Load(), "the repaired object serves the fleet")
+		})
+	}
+}
+
+func TestIdleConnectionsAreClosedAndPullsGoOn(t *testing.T) {
+	up := newFaultyUpstream(t)
+	img, layer := bigImage(t, 256<<10, 95)
+	up.pushImage(t, "app:v1", img)
+	d := layerDigest(t, layer)
+	const idle, conns = 2 * time.Second, 1000
+	c := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test")), cache.WithIdleTimeout(idle), cache.WithMaxConns(2*conns)).Cache("registry.test")
+
+	// Each connection makes one request and keeps the connection alive.
+	opened := make([]net.Conn, conns)
+	answered := make([]time.Time, conns)
+	var g errgroup.Group
+	g.SetLimit(64)
+	for i := range conns {
+		g.Go(func() error {
+			conn, err := net.DialTimeout("tcp", c.Addr(), 10*time.Second)
+			if err != nil {
+				return err
+			}
+			opened[i] = conn
+			if _, err := io.WriteString(conn, "GET /v2/ HTTP/1.1\r\nHost: cache\r\n\r\n"); err != nil {
+				return err
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err != nil {
+				return fmt.Errorf("connection %d: %w", i, err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			answered[i] = time.Now()
+			if resp.StatusCode != http.StatusOK || resp.Close {
+				return fmt.Errorf("connection %d: %s, close %v: want a kept-alive 200", i, resp.Status, resp.Close)
+			}
+			return nil
+		})
+	}
+	t.Cleanup(func() {
+		for _, c := range opened {
+			if c != nil {
+				c.Close()
+			}
+		}
+	})
+	require.NoError(t, g.Wait())
+
+	o := fetchBlob(testCtx(t), c.Addr(), "app", d, nil)
+	pulled := time.Now()
+	require.True(t, o.complete() && o.digest == d.String(), "a pull beside %d idle connections: %s", conns, o)
+
+	// Every connection is closed by the cache: a read sees EOF well before
+	// the deadline.
+	closed := make([]time.Time, conns)
+	var r errgroup.Group
+	for i, conn := range opened {
+		r.Go(func() error {
+			_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+			_, err := conn.Read(make([]byte, 1))
+			closed[i] = time.Now()
+			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !isReset(err) {
+				return fmt.Errorf("connection %d: %v (want EOF: closed by the cache)", i, err)
+			}
+			return nil
+		})
+	}
+	require.NoError(t, r.Wait())
+	openAtPull, longest, shortest := 0, time.Duration(0), time.Hour
+	for i := range conns {
+		if closed[i].After(pulled) {
+			openAtPull++
+		}
+		longest = max(longest, closed[i].Sub(answered[i]))
+		shortest = min(shortest, closed[i].Sub(answered[i]))
+	}
+	t.Logf("idle connections closed %v to %v after their request; %d open when the pull ended", shortest, longest, openAtPull)
+	assert.Greater(t, openAtPull, conns*9/10, "the pull did not run beside the idle connections")
+	assert.Less(t, longest, idle+15*time.Second, "an idle connection outlived the idle timeout by far")
+	assert.Greater(t, shortest, idle/2, "a connection was closed long before the idle timeout")
+}
+
+func isReset(err error) bool { return errors.Is(err, syscall.ECONNRESET) }
+
+func TestTricklingUpstreamIsAbandoned(t *testing.T) {
+	up := newFaultyUpstream(t)
+	img, layer := bigImage(t, 256<<10, 96)
+	up.pushImage(t, "app:v1", img)
+	d := layerDigest(t, layer)
+	const stall = 2 * time.Second
+	c := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test")), cache.WithStallTimeout(stall)).Cache("registry.test")
+	up.trickle.Store(true)
+
+	ctx, cancel := context.WithTimeout(testCtx(t), 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	o := fetchBlob(ctx, c.Addr(), "app", d, nil)
+	took := time.Since(start)
+	t.Logf("a 1 byte/s upstream: %s after %v", o, took)
+	require.NoError(t, ctx.Err(), "the client waited 30s on a trickle")
+	assert.False(t, o.complete(), "a trickle was served as whole")
+	assert.True(t, o.status == http.StatusGatewayTimeout || o.status == http.StatusOK && o.err != nil, "want a 504 or a cut: %s", o)
+	assert.Less(t, took, 5*stall, "a trickle is abandoned within a few stall timeouts")
+	requireNoFills(t, c)
+
+	up.trickle.Store(false)
+	o = fetchBlob(testCtx(t), c.Addr(), "app", d, nil)
+	require.True(t, o.complete() && o.digest == d.String(), "the next request after the trickle: %s", o)
+	assert.EqualValues(t, 2, up.blobGETs.Load(), "the next request starts a fresh download")
+}
+
+func TestStorageInUseLockAndRemovedLayout(t *testing.T) {
+	up := newFaultyUpstream(t)
+	img, layer := bigImage(t, 128<<10, 97)
+	up.pushImage(t, "app:v1", img)
+	d := layerDigest(t, layer)
+	root := t.TempDir()
+	set, closeSet := startSet(t, cache.WithUpstreams(up.upstream("registry.test")), cache.WithStorageDir(root))
+	c := set.Cache("registry.test")
+	dirs, err := cache.StorageDirs(root)
+	require.NoError(t, err)
+	require.Len(t, dirs, 1)
+	assert.Equal(t, c.StorageDir(), dirs[0].Path)
+	assert.True(t, dirs[0].InUse, "a running cache's storage is in use")
+
+	// Removed by hand under the running cache: the layout is made again.
+	require.NoError(t, os.RemoveAll(dirs[0].Content))
+	o := fetchBlob(testCtx(t), c.Addr(), "app", d, nil)
+	require.True(t, o.complete() && o.digest == d.String(), "a pull after the layout was removed: %s", o)
+	waitStored(t, c, d)
+	_, err = pull(testCtx(t), c, "app:v1")
+	require.NoError(t, err, "a whole image after the layout was removed")
+	dirs, err = cache.StorageDirs(root)
+	require.NoError(t, err)
+	require.Len(t, dirs, 1, "the recreated layout is a storage directory again")
+
+	closeSet()
+	dirs, err = cache.StorageDirs(root)
+	require.NoError(t, err)
+	require.Len(t, dirs, 1)
+	assert.False(t, dirs[0].InUse, "a closed cache's storage is not in use")
+}
