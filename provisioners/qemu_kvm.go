@@ -23,8 +23,9 @@ import (
 // produces.
 const probeExit = 0x10
 
-// ProbeKVM boots a guest of a few bytes with the accelerator and CPU model
-// Talos's launcher uses (-accel kvm -cpu max) and reports whether it ran.
+// ProbeKVM boots a guest of a few bytes with the accelerator, machine and
+// CPU model Talos's launcher uses (-accel kvm -machine q35,smm=on -cpu max)
+// and reports whether it ran.
 // Opening /dev/kvm is not enough: in some sandboxes it opens, but QEMU
 // cannot set the CPU's MSRs, or the guest never runs. The error wraps
 // ErrKVMUnavailable and carries QEMU's own words.
@@ -55,7 +56,9 @@ func runProbe(ctx context.Context, accel string) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "-accel", accel, "-machine", "q35", "-cpu", "max", "-m", "16",
+	// The machine as Talos's launcher asks for it (q35 with SMM): a KVM
+	// that runs guests but not System Management Mode fails Talos's VMs.
+	cmd := exec.CommandContext(ctx, bin, "-accel", accel, "-machine", "q35,smm=on", "-cpu", "max", "-m", "16",
 		"-nographic", "-nodefaults", "-no-reboot", "-display", "none",
 		"-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-kernel", stub)
 	var out bytes.Buffer
