@@ -80,6 +80,10 @@ func create(ctx context.Context, spec Spec, o *settings) (*Cluster, error) {
 		plan.close()
 		return nil, err
 	}
+	if err := checkReach(ctx, plan, log); err != nil {
+		plan.close()
+		return nil, err
+	}
 
 	start = time.Now()
 	req := plan.Configs.ClusterRequest

@@ -1,0 +1,86 @@
+package provisioners_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/moby/moby/client"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pullthrough/pullthrough/cache"
+	"github.com/pullthrough/pullthrough/fixtures"
+	"github.com/pullthrough/pullthrough/provisioners"
+)
+
+// A mirror nothing answers at: the cluster is not created, and the error
+// names the mirror, where it was tried from, and the fix.
+func TestUnreachableMirrorFailsBeforeAnyNodeIsCreated(t *testing.T) {
+	w := newStandinWorld(t)
+	bridge, err := cache.DockerBridgeIP()
+	require.NoError(t, err)
+	// A port this test holds and never answers on.
+	l, err := net.Listen("tcp", net.JoinHostPort(bridge, "0"))
+	require.NoError(t, err)
+	port := l.Addr().(*net.TCPAddr).Port
+	require.NoError(t, l.Close()) // closed: connections are refused
+	spec := clusterSpec(t, "unreach", w.image, 5)
+	mirror := fmt.Sprintf("http://%s:%d", bridge, port)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	start := time.Now()
+	c, err := provisioners.Create(ctx, spec, provisioners.WithMirrors(map[string]string{"registry.k8s.io": mirror}),
+		provisioners.WithReadiness(fixtures.StandinReady()))
+	if c != nil {
+		_ = c.Destroy(ctx)
+	}
+	require.Error(t, err)
+	assert.True(t, errors.Is(err, provisioners.ErrMirrorUnreachable), err.Error())
+	assert.Contains(t, err.Error(), "registry.k8s.io "+mirror)
+	assert.Contains(t, err.Error(), "cluster's network "+spec.Name)
+	assert.Contains(t, err.Error(), "WithListenAll")
+	t.Logf("failed after %s: %v", time.Since(start).Round(time.Millisecond), err)
+	assertNothingLeft(t, w.cli, spec)
+}
+
+// The host made unreachable from one cluster network by a firewall rule on
+// its bridge: the caches answer from everywhere else, and the cluster is not
+// created behind them.
+func TestHostUnreachableFromTheClusterNetworkFailsFast(t *testing.T) {
+	if _, err := exec.LookPath("iptables"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("iptables is missing (Docker's engine installs it)")
+		}
+		t.Skip("iptables is missing")
+	}
+	w := newStandinWorld(t)
+	spec := clusterSpec(t, "fw", w.image, 7)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	// By the network's subnet: the bridge exists only once the cluster's
+	// network does, and a network left over is removed before a create.
+	rule := []string{"INPUT", "-s", spec.CIDR, "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"}
+	out, err := exec.Command("iptables", append([]string{"-I"}, rule...)...).CombinedOutput()
+	require.NoError(t, err, string(out))
+	t.Cleanup(func() { _ = exec.Command("iptables", append([]string{"-D"}, rule...)...).Run() })
+
+	set := w.caches
+	c, err := provisioners.Create(ctx, spec, provisioners.WithCaches(set), provisioners.WithReadiness(fixtures.StandinReady()))
+	if c != nil {
+		_ = c.Destroy(ctx)
+	}
+	require.Error(t, err)
+	assert.True(t, errors.Is(err, provisioners.ErrMirrorUnreachable), err.Error())
+	assert.Contains(t, err.Error(), strconv.Itoa(set.Caches()[0].Port()))
+	ctrs, lerr := w.cli.ContainerList(ctx, client.ContainerListOptions{All: true,
+		Filters: make(client.Filters).Add("label", "talos.cluster.name="+spec.Name)})
+	require.NoError(t, lerr)
+	assert.Empty(t, ctrs.Items, "nodes were created behind an unreachable mirror")
+}
