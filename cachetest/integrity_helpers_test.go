@@ -2,6 +2,8 @@ package cachetest_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -11,9 +13,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -21,9 +25,12 @@ import (
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/pullthrough/pullthrough/cache"
+	"github.com/pullthrough/pullthrough/cachetest"
+	"github.com/pullthrough/pullthrough/internal/fleettest"
 )
 
 // faultyUpstream is an in-memory registry whose blob bodies can be damaged
@@ -226,4 +233,121 @@ func startFixedPort(tb testing.TB, up cache.Upstream, opts ...cache.Option) *cac
 	}
 	tb.Fatalf("no free fixed port in 20 draws: %v", lastErr)
 	return nil
+}
+
+// noWrongBody fails the test for a client that read a whole body whose
+// digest is not the blob's: the one thing a cache must never hand out.
+func noWrongBody(t *testing.T, o outcome, d v1.Hash, who string) {
+	t.Helper()
+	if o.complete() && o.digest != d.String() {
+		t.Errorf("%s got a complete body with the wrong digest: %s", who, o)
+	}
+}
+
+// requireNoFills waits until no download is under way in the cache.
+func requireNoFills(t *testing.T, c *cache.Cache) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		ents, err := os.ReadDir(filepath.Join(c.StorageDir(), "v2", "fills"))
+		return err == nil && len(ents) == 0
+	}, 10*time.Second, 5*time.Millisecond, "a download's files were left behind")
+}
+
+// flipByte inverts one byte of a file in place; its size stays the same.
+func flipByte(t *testing.T, path string, at int64) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	require.NoError(t, err)
+	defer f.Close()
+	b := make([]byte, 1)
+	_, err = f.ReadAt(b, at)
+	require.NoError(t, err)
+	b[0] ^= 0xff
+	_, err = f.WriteAt(b, at)
+	require.NoError(t, err)
+}
+
+func fileDigest(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	sum := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+// rangeBytes reads bytes lo..hi of a blob through the cache.
+func rangeBytes(t *testing.T, addr string, d v1.Hash, lo, hi int64) []byte {
+	t.Helper()
+	req, err := http.NewRequestWithContext(testCtx(t), http.MethodGet, "http://"+addr+"/v2/app/blobs/"+d.String(), nil)
+	require.NoError(t, err)
+	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", lo, hi))
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	require.Equal(t, http.StatusPartialContent, resp.StatusCode)
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return b
+}
+
+// manifestBodyDigest GETs a manifest and hashes the body it got.
+func manifestBodyDigest(t *testing.T, addr, repo, ref string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(testCtx(t), http.MethodGet, "http://"+addr+"/v2/"+repo+"/manifests/"+ref, nil)
+	require.NoError(t, err)
+	req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	got, _, err := readAllDigest(resp.Body)
+	require.NoError(t, err)
+	return resp.StatusCode, got
+}
+
+// fleetInstance starts a cold fleet instance for origin's registry.test.
+func fleetInstance(t *testing.T, origin *faultyUpstream, redisAddr, s3Addr string) *cache.Cache {
+	t.Helper()
+	set := startFixedPort(t, origin.upstream("registry.test"), cache.WithStorageDir(t.TempDir()),
+		cache.WithFleet(cache.FleetConfig{
+			S3Endpoint: "http://" + s3Addr, Bucket: fleettest.Bucket,
+			S3Credentials: cache.BasicAuth(fleettest.AccessKey, fleettest.SecretKey),
+			Redis:         "redis://" + redisAddr, Advertise: "127.0.0.1",
+		}))
+	return set.Cache("registry.test")
+}
+
+func isReset(err error) bool { return errors.Is(err, syscall.ECONNRESET) }
+
+func TestTricklingUpstreamIsAbandoned(t *testing.T) {
+	up := newFaultyUpstream(t)
+	img, layer := bigImage(t, 256<<10, 96)
+	up.pushImage(t, "app:v1", img)
+	d := layerDigest(t, layer)
+	const stall = 2 * time.Second
+	c := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test")), cache.WithStallTimeout(stall)).Cache("registry.test")
+	up.trickle.Store(true)
+
+	ctx, cancel := context.WithTimeout(testCtx(t), 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	o := fetchBlob(ctx, c.Addr(), "app", d, nil)
+	took := time.Since(start)
+	t.Logf("a 1 byte/s upstream: %s after %v", o, took)
+	require.NoError(t, ctx.Err(), "the client waited 30s on a trickle")
+	assert.False(t, o.complete(), "a trickle was served as whole")
+	assert.True(t, o.status == http.StatusGatewayTimeout || o.status == http.StatusOK && o.err != nil, "want a 504 or a cut: %s", o)
+	assert.Less(t, took, 5*stall, "a trickle is abandoned within a few stall timeouts")
+	requireNoFills(t, c)
+
+	up.trickle.Store(false)
+	o = fetchBlob(testCtx(t), c.Addr(), "app", d, nil)
+	require.True(t, o.complete() && o.digest == d.String(), "the next request after the trickle: %s", o)
+	assert.EqualValues(t, 2, up.blobGETs.Load(), "the next request starts a fresh download")
 }

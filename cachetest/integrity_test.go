@@ -3,7 +3,6 @@ package cachetest_test
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -13,13 +12,11 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sync/errgroup"
@@ -28,15 +25,6 @@ import (
 	"github.com/pullthrough/pullthrough/cachetest"
 	"github.com/pullthrough/pullthrough/internal/fleettest"
 )
-
-// noWrongBody fails the test for a client that read a whole body whose
-// digest is not the blob's: the one thing a cache must never hand out.
-func noWrongBody(t *testing.T, o outcome, d v1.Hash, who string) {
-	t.Helper()
-	if o.complete() && o.digest != d.String() {
-		t.Errorf("%s got a complete body with the wrong digest: %s", who, o)
-	}
-}
 
 func TestUpstreamFlippingAByteGivesNoClientAWrongBody(t *testing.T) {
 	for _, tc := range []struct {
@@ -88,37 +76,6 @@ func TestUpstreamFlippingAByteGivesNoClientAWrongBody(t *testing.T) {
 			waitStored(t, c, d)
 		})
 	}
-}
-
-// requireNoFills waits until no download is under way in the cache.
-func requireNoFills(t *testing.T, c *cache.Cache) {
-	t.Helper()
-	require.Eventually(t, func() bool {
-		ents, err := os.ReadDir(filepath.Join(c.StorageDir(), "v2", "fills"))
-		return err == nil && len(ents) == 0
-	}, 10*time.Second, 5*time.Millisecond, "a download's files were left behind")
-}
-
-// flipByte inverts one byte of a file in place; its size stays the same.
-func flipByte(t *testing.T, path string, at int64) {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	require.NoError(t, err)
-	defer f.Close()
-	b := make([]byte, 1)
-	_, err = f.ReadAt(b, at)
-	require.NoError(t, err)
-	b[0] ^= 0xff
-	_, err = f.WriteAt(b, at)
-	require.NoError(t, err)
-}
-
-func fileDigest(t *testing.T, path string) string {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	require.NoError(t, err)
-	sum := sha256.Sum256(b)
-	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
 func TestDamagedStoredBlobIsFetchedAgain(t *testing.T) {
@@ -187,28 +144,6 @@ func TestDamagedStoredBlobIsFetchedAgain(t *testing.T) {
 	}
 }
 
-func must[T any](v T, err error) T {
-	if err != nil {
-		panic(err)
-	}
-	return v
-}
-
-// rangeBytes reads bytes lo..hi of a blob through the cache.
-func rangeBytes(t *testing.T, addr string, d v1.Hash, lo, hi int64) []byte {
-	t.Helper()
-	req, err := http.NewRequestWithContext(testCtx(t), http.MethodGet, "http://"+addr+"/v2/app/blobs/"+d.String(), nil)
-	require.NoError(t, err)
-	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", lo, hi))
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	require.Equal(t, http.StatusPartialContent, resp.StatusCode)
-	b, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	return b
-}
-
 func TestDamagedStoredManifestIsRewritten(t *testing.T) {
 	up := newFaultyUpstream(t)
 	img, _ := bigImage(t, 64<<10, 93)
@@ -236,32 +171,6 @@ func TestDamagedStoredManifestIsRewritten(t *testing.T) {
 	assert.EqualValues(t, 1, up.manifestGETs.Load(), "the damaged manifest costs one upstream GET, then none")
 	assert.EqualValues(t, 1, c.Stats().Damaged)
 	assert.Equal(t, md.String(), fileDigest(t, path), "the stored manifest was rewritten")
-}
-
-// manifestBodyDigest GETs a manifest and hashes the body it got.
-func manifestBodyDigest(t *testing.T, addr, repo, ref string) (int, string) {
-	t.Helper()
-	req, err := http.NewRequestWithContext(testCtx(t), http.MethodGet, "http://"+addr+"/v2/"+repo+"/manifests/"+ref, nil)
-	require.NoError(t, err)
-	req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json")
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	got, _, err := readAllDigest(resp.Body)
-	require.NoError(t, err)
-	return resp.StatusCode, got
-}
-
-// fleetInstance starts a cold fleet instance for origin's registry.test.
-func fleetInstance(t *testing.T, origin *faultyUpstream, redisAddr, s3Addr string) *cache.Cache {
-	t.Helper()
-	set := startFixedPort(t, origin.upstream("registry.test"), cache.WithStorageDir(t.TempDir()),
-		cache.WithFleet(cache.FleetConfig{
-			S3Endpoint: "http://" + s3Addr, Bucket: fleettest.Bucket,
-			S3Credentials: cache.BasicAuth(fleettest.AccessKey, fleettest.SecretKey),
-			Redis:         "redis://" + redisAddr, Advertise: "127.0.0.1",
-		}))
-	return set.Cache("registry.test")
 }
 
 func TestDamagedBucketObjectIsReplacedFromTheOrigin(t *testing.T) {
@@ -404,35 +313,6 @@ func TestIdleConnectionsAreClosedAndPullsGoOn(t *testing.T) {
 	assert.Greater(t, shortest, idle/2, "a connection was closed long before the idle timeout")
 }
 
-func isReset(err error) bool { return errors.Is(err, syscall.ECONNRESET) }
-
-func TestTricklingUpstreamIsAbandoned(t *testing.T) {
-	up := newFaultyUpstream(t)
-	img, layer := bigImage(t, 256<<10, 96)
-	up.pushImage(t, "app:v1", img)
-	d := layerDigest(t, layer)
-	const stall = 2 * time.Second
-	c := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test")), cache.WithStallTimeout(stall)).Cache("registry.test")
-	up.trickle.Store(true)
-
-	ctx, cancel := context.WithTimeout(testCtx(t), 30*time.Second)
-	defer cancel()
-	start := time.Now()
-	o := fetchBlob(ctx, c.Addr(), "app", d, nil)
-	took := time.Since(start)
-	t.Logf("a 1 byte/s upstream: %s after %v", o, took)
-	require.NoError(t, ctx.Err(), "the client waited 30s on a trickle")
-	assert.False(t, o.complete(), "a trickle was served as whole")
-	assert.True(t, o.status == http.StatusGatewayTimeout || o.status == http.StatusOK && o.err != nil, "want a 504 or a cut: %s", o)
-	assert.Less(t, took, 5*stall, "a trickle is abandoned within a few stall timeouts")
-	requireNoFills(t, c)
-
-	up.trickle.Store(false)
-	o = fetchBlob(testCtx(t), c.Addr(), "app", d, nil)
-	require.True(t, o.complete() && o.digest == d.String(), "the next request after the trickle: %s", o)
-	assert.EqualValues(t, 2, up.blobGETs.Load(), "the next request starts a fresh download")
-}
-
 func TestStorageInUseLockAndRemovedLayout(t *testing.T) {
 	up := newFaultyUpstream(t)
 	img, layer := bigImage(t, 128<<10, 97)
@@ -463,4 +343,143 @@ func TestStorageInUseLockAndRemovedLayout(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, dirs, 1)
 	assert.False(t, dirs[0].InUse, "a closed cache's storage is not in use")
+}
+
+func TestStorageIsInUseAgainOnceItsLayoutIsRecreated(t *testing.T) {
+	t.Skip("engine bug: after <storage>/v2 is removed under a running cache and a pull recreates the layout, " +
+		"cache.StorageDirs reports InUse=false for up to a minute (the in-use flock is taken again only by the minute sweep, " +
+		"engine.store.relock); a purge or gc in that window sees the running cache's storage as free")
+	up := newFaultyUpstream(t)
+	img, layer := bigImage(t, 128<<10, 98)
+	up.pushImage(t, "app:v1", img)
+	d := layerDigest(t, layer)
+	root := t.TempDir()
+	c := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test")), cache.WithStorageDir(root)).Cache("registry.test")
+	require.NoError(t, os.RemoveAll(filepath.Join(c.StorageDir(), "v2")))
+	o := fetchBlob(testCtx(t), c.Addr(), "app", d, nil)
+	require.True(t, o.complete() && o.digest == d.String(), "a pull after the layout was removed: %s", o)
+	waitStored(t, c, d)
+	require.Eventually(t, func() bool {
+		dirs, err := cache.StorageDirs(root)
+		return err == nil && len(dirs) == 1 && dirs[0].InUse
+	}, 5*time.Second, 20*time.Millisecond, "the running cache's recreated storage is not reported in use")
+}
+
+func TestConnectionCapPerAddressClosesTheLongestIdle(t *testing.T) {
+	up := newFaultyUpstream(t)
+	img, layer := bigImage(t, 64<<10, 99)
+	up.pushImage(t, "app:v1", img)
+	d := layerDigest(t, layer)
+	const capacity, extra = 20, 5
+	c := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test")), cache.WithMaxConns(capacity)).Cache("registry.test")
+
+	// One at a time, so that the first opened is the longest idle.
+	var conns []net.Conn
+	t.Cleanup(func() {
+		for _, conn := range conns {
+			conn.Close()
+		}
+	})
+	for i := range capacity + extra {
+		conn, err := net.DialTimeout("tcp", c.Addr(), 10*time.Second)
+		require.NoError(t, err)
+		conns = append(conns, conn)
+		require.NoError(t, keepAliveRequest(conn), "connection %d", i)
+	}
+	open := make([]bool, len(conns))
+	var g errgroup.Group
+	for i, conn := range conns {
+		g.Go(func() (err error) { open[i], err = stillOpen(conn); return err })
+	}
+	require.NoError(t, g.Wait())
+	for i, open := range open {
+		if i < extra {
+			assert.False(t, open, "connection %d, among the %d longest idle, was not closed for the newer ones", i, extra)
+		} else {
+			assert.True(t, open, "connection %d was closed although %d longer-idle ones were there to close", i, extra)
+		}
+	}
+	o := fetchBlob(testCtx(t), c.Addr(), "app", d, nil)
+	require.True(t, o.complete() && o.digest == d.String(), "a pull from an address at its cap: %s", o)
+}
+
+// keepAliveRequest sends GET /v2/ on conn and reads a kept-alive answer.
+func keepAliveRequest(conn net.Conn) error {
+	if _, err := io.WriteString(conn, "GET /v2/ HTTP/1.1\r\nHost: cache\r\n\r\n"); err != nil {
+		return err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Close {
+		return fmt.Errorf("%s, close %v: want a kept-alive 200", resp.Status, resp.Close)
+	}
+	return nil
+}
+
+// stillOpen reads from an idle connection: EOF or a reset is a connection
+// the cache closed; nothing within the deadline is one it keeps.
+func stillOpen(conn net.Conn) (bool, error) {
+	if err := conn.SetReadDeadline(time.Now().Add(300 * time.Millisecond)); err != nil {
+		return false, err
+	}
+	_, err := conn.Read(make([]byte, 1))
+	var ne net.Error
+	switch {
+	case errors.As(err, &ne) && ne.Timeout():
+		return true, nil
+	case errors.Is(err, io.EOF) || isReset(err):
+		return false, nil
+	}
+	return false, fmt.Errorf("reading an idle connection: %v (want EOF or a timeout)", err)
+}
+
+// A download that outlives the fleet's claim TTL keeps its claim: a second
+// instance arriving after the TTL streams the first one's download instead
+// of going to the origin itself.
+func TestFleetDownloadOutlivingItsClaimTTLIsFetchedOnce(t *testing.T) {
+	rd, s3srv := fleettest.Redis(t), fleettest.S3(t)
+	origin := newFaultyUpstream(t)
+	img, layer := bigImage(t, 2<<20, 100)
+	origin.pushImage(t, "app:v1", img)
+	d := layerDigest(t, layer)
+	const ttl = time.Second
+	release := make(chan struct{})
+	t.Cleanup(func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+	hold := func() { <-release }
+	origin.gate.Store(&hold)
+	instance := func() *cache.Cache {
+		return startFixedPort(t, origin.upstream("registry.test"), cache.WithStorageDir(t.TempDir()),
+			cache.WithFleet(cache.FleetConfig{
+				S3Endpoint: "http://" + s3srv.Addr, Bucket: fleettest.Bucket,
+				S3Credentials: cache.BasicAuth(fleettest.AccessKey, fleettest.SecretKey),
+				Redis:         "redis://" + rd.Addr, Advertise: "127.0.0.1", ClaimTTL: ttl,
+			})).Cache("registry.test")
+	}
+	a, b := instance(), instance()
+	ctx := testCtx(t)
+	first := make(chan outcome, 1)
+	go func() { first <- fetchBlob(ctx, a.Addr(), "app", d, nil) }()
+	require.Eventually(t, func() bool { return origin.blobGETs.Load() == 1 }, 10*time.Second, 5*time.Millisecond, "the first instance never asked the origin")
+	// The subject here is elapsed time: the download must outlive the claim's
+	// TTL three times over before the second instance asks.
+	time.Sleep(3 * ttl)
+	second := make(chan outcome, 1)
+	go func() { second <- fetchBlob(ctx, b.Addr(), "app", d, nil) }()
+	require.Eventually(t, func() bool { return b.Stats().Requests == 1 }, 10*time.Second, 5*time.Millisecond)
+	close(release)
+	for name, ch := range map[string]chan outcome{"first": first, "second": second} {
+		o := <-ch
+		assert.True(t, o.complete() && o.digest == d.String(), "the %s instance's pull: %s", name, o)
+	}
+	assert.EqualValues(t, 1, origin.blobGETs.Load(), "the claim lapsed during a download longer than its TTL: the origin was asked again")
 }
