@@ -58,6 +58,7 @@ type Cache struct {
 	servers    []*http.Server
 	base       Stats
 	remoteBase Stats
+	clientBase map[string]Stats
 }
 
 // Start starts one cache per upstream, all at once, and returns when each
@@ -320,6 +321,18 @@ func (s *Set) Stats() map[string]Stats {
 	return m
 }
 
+// Clients adds up, per client address, what every cache of the set served
+// it: Clients of each cache, summed.
+func (s *Set) Clients() map[string]Stats {
+	out := map[string]Stats{}
+	for _, c := range s.caches {
+		for ip, st := range c.Clients() {
+			out[ip] = out[ip].Add(st)
+		}
+	}
+	return out
+}
+
 // Total adds up the counters of every cache.
 func (s *Set) Total() Stats {
 	var t Stats
@@ -385,11 +398,28 @@ func (c *Cache) Stats() Stats {
 	return own
 }
 
+// Clients returns what each client address (an IP: a node, this host)
+// asked this cache for and was served, since start or the last ResetStats,
+// in this process. Upstream counters stay the cache's own.
+func (c *Cache) Clients() map[string]Stats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := c.engine.Clients()
+	for ip, s := range out {
+		out[ip] = s.Sub(c.clientBase[ip])
+		if out[ip] == (Stats{}) {
+			delete(out, ip)
+		}
+	}
+	return out
+}
+
 // ResetStats starts the counters from zero.
 func (c *Cache) ResetStats() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.base = c.engine.Stats()
+	c.clientBase = c.engine.Clients()
 	if c.reused.Load() {
 		if r, err := remoteStats(c.remote); err == nil {
 			c.remoteBase = r

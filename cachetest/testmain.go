@@ -5,6 +5,9 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"sort"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -48,13 +51,46 @@ func Run(m *testing.M, opts ...cache.Option) int {
 }
 
 // Get returns the set Main started, and fails the test if there is none.
+// At the test's end, what the caches did while it ran is in its log (go
+// test -v shows it), one line per registry: tests running in parallel share
+// the counters, so the lines then hold their pulls too.
 func Get(tb testing.TB) *cache.Set {
 	tb.Helper()
 	s := current.Load()
 	if s == nil {
 		tb.Fatal("cachetest.Get: no cache set is running; call cachetest.Main(m) from TestMain")
 	}
+	if _, seen := tracked.LoadOrStore(tb, true); !seen {
+		base := s.Stats()
+		tb.Cleanup(func() {
+			tracked.Delete(tb)
+			if table := statsTable(s.Stats(), base); table != "" {
+				tb.Logf("cachetest: what the caches did during %s:\n%s", tb.Name(), table)
+			}
+		})
+	}
 	return s
+}
+
+var tracked sync.Map // testing.TB → true, once Get has set up its report
+
+// statsTable is one line per registry whose counters moved since base.
+func statsTable(now, base map[string]cache.Stats) string {
+	hosts := make([]string, 0, len(now))
+	for h := range now {
+		hosts = append(hosts, h)
+	}
+	sort.Strings(hosts)
+	var b strings.Builder
+	for _, h := range hosts {
+		d := now[h].Sub(base[h])
+		if d == (cache.Stats{}) {
+			continue
+		}
+		fmt.Fprintf(&b, "  %-20s %d requests, %d hits, %d misses, %.1f MB served, %d upstream requests, %.1f MB from upstream\n",
+			h, d.Requests, d.Hits, d.Misses, float64(d.ServedBytes)/1e6, d.UpstreamRequests, float64(d.UpstreamBytes)/1e6)
+	}
+	return b.String()
 }
 
 // New starts a set for one test and closes it when the test ends. Storage is

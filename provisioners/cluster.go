@@ -14,6 +14,7 @@ import (
 
 	"github.com/siderolabs/talos/pkg/provision"
 
+	"github.com/pullthrough/pullthrough/cache"
 	"github.com/pullthrough/pullthrough/internal/dockerenv"
 	"github.com/pullthrough/pullthrough/internal/slogw"
 )
@@ -34,10 +35,12 @@ func (t Timings) String() string {
 
 // Cluster is a created cluster.
 type Cluster struct {
-	plan      *Plan
-	cluster   provision.Cluster
-	log       io.Writer
-	readiness Readiness
+	plan       *Plan
+	cluster    provision.Cluster
+	log        io.Writer
+	readiness  Readiness
+	caches     *cache.Set
+	clientBase map[string]cache.Stats
 
 	mu        sync.Mutex
 	timings   Timings
@@ -71,7 +74,10 @@ func create(ctx context.Context, spec Spec, o *settings) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{plan: plan, log: log, readiness: o.readiness}
+	c := &Cluster{plan: plan, log: log, readiness: o.readiness, caches: o.caches}
+	if o.caches != nil {
+		c.clientBase = o.caches.Clients()
+	}
 	c.timings.Config = time.Since(start)
 	if c.readiness == nil {
 		c.readiness = defaultReadiness(plan.Spec)
@@ -136,6 +142,10 @@ func New(tb testing.TB, spec Spec, opts ...Option) *Cluster {
 		tb.Fatalf("provisioners.New: %v", err)
 	}
 	tb.Cleanup(func() {
+		if c.caches != nil {
+			// Which node pulled what, in the test's log (go test -v).
+			tb.Logf("cluster %q pulls through the caches:\n%s", spec.Name, c.PullTable())
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		if err := c.Destroy(ctx); err != nil {

@@ -64,3 +64,34 @@ func TestDockerClusterOfStandinsBootsThroughOneWildcardMirror(t *testing.T) {
 	require.NoError(t, c.Destroy(ctx))
 	assertNothingLeft(t, w.cli, spec)
 }
+
+// Which node pulled what: the caches' counters of each node's address equal
+// what that node reports it received, to the byte.
+func TestDockerClusterPullsAreAttributedPerNode(t *testing.T) {
+	w := newStandinWorld(t)
+	spec := clusterSpec(t, "attr", w.image, 9)
+	spec.Workers = 2
+	ready := fixtures.StandinReady()
+	c := provisioners.New(t, spec, provisioners.WithCaches(w.caches), provisioners.WithReadiness(ready))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	require.NoError(t, c.Wait(ctx))
+	pulls := c.Pulls()
+	require.Len(t, pulls, 3)
+	sums := ready.Summaries()
+	var served int64
+	for _, p := range pulls {
+		require.NotNil(t, p.Report, p.Node)
+		assert.Equal(t, sums[p.Node].Bytes, p.Caches.ServedBytes, "%s (%s): bytes the caches served it", p.Node, p.Addr)
+		assert.Equal(t, sums[p.Node].Requests, p.Caches.Requests, "%s: requests", p.Node)
+		assert.Equal(t, p.Report.Bytes, p.Caches.ServedBytes, p.Node)
+		assert.Zero(t, p.Report.Fallbacks, p.Node)
+		served += p.Caches.ServedBytes
+	}
+	assert.Equal(t, w.caches.Total().ServedBytes, served, "every byte served is attributed to a node")
+	table := c.PullTable()
+	for _, p := range pulls {
+		assert.Contains(t, table, p.Node)
+	}
+	t.Log("\n" + table)
+}

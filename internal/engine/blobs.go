@@ -23,11 +23,11 @@ func (c *Cache) serveBlob(w http.ResponseWriter, r *http.Request, rt route) {
 				"digest", d, "repo", rt.name, "size", have, "want", want)
 			_ = c.store.removeBlob(d)
 		case linked:
-			c.stats.hits.Add(1)
+			c.note(w, hitsOf, 1)
 			if !c.serveStored(w, r, d, nil) {
 				return
 			}
-			c.stats.hits.Add(-1)
+			c.note(w, hitsOf, -1)
 		case c.cfg.Mode == Strict:
 			c.notCached(w, rt)
 			return
@@ -36,7 +36,7 @@ func (c *Cache) serveBlob(w http.ResponseWriter, r *http.Request, rt route) {
 			// if upstream says so. One HEAD, no bytes.
 			size, err := c.headBlob(ctx, rt)
 			if err != nil {
-				c.stats.misses.Add(1)
+				c.note(w, missesOf, 1)
 				c.writeError(w, err)
 				return
 			}
@@ -45,18 +45,18 @@ func (c *Cache) serveBlob(w http.ResponseWriter, r *http.Request, rt route) {
 				break
 			}
 			_ = c.store.link(rt.name, d, size)
-			c.stats.hits.Add(1)
+			c.note(w, hitsOf, 1)
 			if !c.serveStored(w, r, d, nil) {
 				return
 			}
-			c.stats.hits.Add(-1)
+			c.note(w, hitsOf, -1)
 		}
 	}
 	if c.cfg.Mode == Strict {
 		c.notCached(w, rt)
 		return
 	}
-	c.stats.misses.Add(1)
+	c.note(w, missesOf, 1)
 	if r.Method == http.MethodHead {
 		size, err := c.headBlob(ctx, rt)
 		if err != nil {
@@ -77,7 +77,7 @@ func (c *Cache) serveBlob(w http.ResponseWriter, r *http.Request, rt route) {
 	}
 	defer f.release()
 	if joined {
-		c.stats.coalesced.Add(1)
+		c.note(w, coalescedOf, 1)
 		if f.repo != rt.name && !linked {
 			if _, err := c.headBlob(ctx, rt); err != nil {
 				c.writeError(w, err)

@@ -117,6 +117,7 @@ type Cache struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	clients   clientBook     // counters per client address
 	verified  verifiedFiles  // stored blobs hashed and found whole
 	manifests manifestMemory // small manifests, by digest
 
@@ -265,7 +266,9 @@ func (c *Cache) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.stats.requests.Add(1)
-	cw := &countingWriter{ResponseWriter: w, n: &c.stats.servedBytes}
+	client := c.clients.of(r.RemoteAddr)
+	client.requests.Add(1)
+	cw := &countingWriter{ResponseWriter: w, n: &c.stats.servedBytes, client: client}
 	switch rt.kind {
 	case kindBlob:
 		c.serveBlob(cw, r, rt)
@@ -277,7 +280,7 @@ func (c *Cache) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (c *Cache) notCached(w http.ResponseWriter, rt route) {
-	c.stats.notCached.Add(1)
+	c.note(w, notCachedOf, 1)
 	code := "MANIFEST_UNKNOWN"
 	if rt.kind == kindBlob {
 		code = "BLOB_UNKNOWN"

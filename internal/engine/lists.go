@@ -89,7 +89,7 @@ func (c *Cache) serveList(w http.ResponseWriter, r *http.Request, rt route) {
 	if err := c.store.writeFile(path, body); err != nil {
 		c.log.Warn("keeping a list", "what", rt.what(), "error", storageError(c.store.root, err))
 	}
-	c.stats.misses.Add(1)
+	c.note(w, missesOf, 1)
 	writeList(w, r, rt, q, body, resp.Header.Get("Link"))
 }
 
@@ -114,7 +114,7 @@ func (c *Cache) listPath(rt route, q url.Values) string {
 // mode, from the tags stored here); cause is why upstream was not used.
 func (c *Cache) serveKeptList(w http.ResponseWriter, r *http.Request, rt route, q url.Values, path string, cause error) {
 	if rt.kind == kindTags && c.cfg.Mode == Strict {
-		c.stats.hits.Add(1)
+		c.note(w, hitsOf, 1)
 		writeList(w, r, rt, q, c.storedTags(rt.name, q), "")
 		return
 	}
@@ -123,16 +123,16 @@ func (c *Cache) serveKeptList(w http.ResponseWriter, r *http.Request, rt route, 
 		if cause != nil {
 			c.log.Warn("upstream could not answer; serving the list kept from its last answer", "what", rt.what(), "error", cause)
 		}
-		c.stats.hits.Add(1)
+		c.note(w, hitsOf, 1)
 		writeList(w, r, rt, q, body, "")
 		return
 	}
 	if cause != nil {
-		c.stats.misses.Add(1)
+		c.note(w, missesOf, 1)
 		c.writeError(w, cause)
 		return
 	}
-	c.stats.notCached.Add(1)
+	c.note(w, notCachedOf, 1)
 	writeRegistryError(w, http.StatusNotFound, "NAME_UNKNOWN",
 		fmt.Sprintf("%s/%s: the %s is not kept here and the cache does not ask upstream (mode %s)", c.cfg.Host, rt.name, rt.what(), c.cfg.Mode))
 }

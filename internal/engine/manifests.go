@@ -40,14 +40,14 @@ func (c *Cache) serveManifest(w http.ResponseWriter, r *http.Request, rt route) 
 			c.notCached(w, rt)
 			return
 		}
-		c.stats.misses.Add(1)
+		c.note(w, missesOf, 1)
 		c.writeError(w, err)
 		return
 	}
 	if hit {
-		c.stats.hits.Add(1)
+		c.note(w, hitsOf, 1)
 	} else {
-		c.stats.misses.Add(1)
+		c.note(w, missesOf, 1)
 	}
 	h := w.Header()
 	h.Set("Content-Type", m.mediaType)

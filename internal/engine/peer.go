@@ -68,14 +68,21 @@ func (c *Cache) servePeer(w http.ResponseWriter, r *http.Request) {
 // client that has read its last byte sees it in the counters already.
 type countingWriter struct {
 	http.ResponseWriter
-	n interface{ Add(int64) int64 }
+	n      interface{ Add(int64) int64 }
+	client *counters // the client's own, or nil
 }
 
 func (c *countingWriter) Write(p []byte) (int, error) {
 	c.n.Add(int64(len(p)))
+	if c.client != nil {
+		c.client.servedBytes.Add(int64(len(p)))
+	}
 	n, err := c.ResponseWriter.Write(p)
 	if n < len(p) {
 		c.n.Add(int64(n - len(p)))
+		if c.client != nil {
+			c.client.servedBytes.Add(int64(n - len(p)))
+		}
 	}
 	return n, err
 }
