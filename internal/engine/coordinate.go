@@ -21,7 +21,7 @@ func (c *Cache) lockManifest(ctx context.Context, rt route) (unlock func(), wait
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		l, err := tryLock(path)
+		l, err := c.store.tryLock(path)
 		if err != nil {
 			c.log.Debug("fetching a manifest without the storage's lock", "ref", rt.String(), "error", err)
 			return func() {}, waited

@@ -71,7 +71,7 @@ func (f *fill) run() error {
 		if s.statBlob(f.dgst) >= 0 {
 			return f.useCommitted()
 		}
-		lock, err := tryLock(s.fillPath(f.dgst, ".lock"))
+		lock, err := s.tryLock(s.fillPath(f.dgst, ".lock"))
 		if err != nil {
 			return storageError(s.root, err)
 		}

@@ -24,7 +24,7 @@ func (f *fill) follow() (*fileLock, error) {
 		if s.statBlob(f.dgst) >= 0 {
 			return nil, f.useCommitted()
 		}
-		lock, err := tryLock(s.fillPath(f.dgst, ".lock"))
+		lock, err := s.tryLock(s.fillPath(f.dgst, ".lock"))
 		if err != nil {
 			return nil, storageError(s.root, err)
 		}

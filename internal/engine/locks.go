@@ -20,6 +20,11 @@ func (s *store) relock() {
 	if _, err := os.Stat(path); err == nil {
 		return
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, err := os.Stat(path); err == nil || s.closed {
+		return // made again meanwhile, or the cache is gone
+	}
 	if s.ensureLayout() != nil {
 		return
 	}
@@ -66,6 +71,14 @@ func InUse(dir string) (bool, error) {
 type fileLock struct {
 	f    *os.File
 	path string
+}
+
+// tryLock is tryLock on the store's layout, which is made again first (the
+// in-use lock with it) when it was removed under the running cache: a purge
+// by hand, say.
+func (s *store) tryLock(path string) (*fileLock, error) {
+	s.relock()
+	return tryLock(path)
 }
 
 // tryLock takes the lock at path without waiting. It returns nil, nil when

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -31,8 +32,11 @@ import (
 // Every write that others may read is a rename of a complete file, so a
 // reader in any process sees either nothing or the whole file.
 type store struct {
-	root  string
-	inUse *os.File // a shared flock on root/in-use.lock while a cache runs
+	root string
+
+	mu     sync.Mutex
+	inUse  *os.File // a shared flock on root/in-use.lock while a cache runs
+	closed bool
 }
 
 // LayoutDir is the one directory under a cache's storage directory that the
@@ -70,9 +74,13 @@ func (s *store) ensureLayout() error {
 }
 
 func (s *store) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.inUse != nil {
 		s.inUse.Close()
+		s.inUse = nil
 	}
+	s.closed = true
 }
 
 // IsStorageDir reports whether dir holds a cache's storage: the engine's
