@@ -157,6 +157,10 @@ func (o outcome) String() string {
 }
 
 func fetchBlob(ctx context.Context, addr, repo string, d v1.Hash, header http.Header) outcome {
+	return fetchBlobWith(ctx, http.DefaultClient, addr, repo, d, header)
+}
+
+func fetchBlobWith(ctx context.Context, client *http.Client, addr, repo string, d v1.Hash, header http.Header) outcome {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v2/"+repo+"/blobs/"+d.String(), nil)
 	if err != nil {
 		return outcome{err: err}
@@ -164,7 +168,7 @@ func fetchBlob(ctx context.Context, addr, repo string, d v1.Hash, header http.He
 	for k, v := range header {
 		req.Header[k] = v
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return outcome{err: err, length: -1}
 	}
@@ -273,13 +277,6 @@ func fileDigest(t *testing.T, path string) string {
 	require.NoError(t, err)
 	sum := sha256.Sum256(b)
 	return "sha256:" + hex.EncodeToString(sum[:])
-}
-
-func must[T any](v T, err error) T {
-	if err != nil {
-		panic(err)
-	}
-	return v
 }
 
 // rangeBytes reads bytes lo..hi of a blob through the cache.
