@@ -98,7 +98,7 @@ func (e *benchEnv) PullThrough(ctx context.Context, set *cache.Set) (result, err
 
 // PullDirect pulls the same set straight from the upstreams, the baseline.
 func (e *benchEnv) PullDirect(ctx context.Context) (result, error) {
-	return e.pull(ctx, e.Upstreams.Mirrors())
+	return e.pull(ctx, e.Upstreams.Origins())
 }
 
 // PullMirrors pulls the node image set through the given mirrors.

@@ -388,11 +388,13 @@ func (c *Cache) Reused() bool { return c.reused.Load() }
 // then this process's own.
 func (c *Cache) Stats() Stats {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	own := c.engine.Stats().Sub(c.base)
+	remoteBase := c.remoteBase
+	c.mu.Unlock()
+	// The HTTP call is made without the lock, which takeOver needs.
 	if c.reused.Load() {
 		if r, err := remoteStats(c.remote); err == nil {
-			return own.Add(r.Sub(c.remoteBase))
+			return own.Add(r.Sub(remoteBase))
 		}
 	}
 	return own
@@ -416,14 +418,18 @@ func (c *Cache) Clients() map[string]Stats {
 
 // ResetStats starts the counters from zero.
 func (c *Cache) ResetStats() {
+	var remote *Stats
+	if c.reused.Load() {
+		if r, err := remoteStats(c.remote); err == nil {
+			remote = &r
+		}
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.base = c.engine.Stats()
 	c.clientBase = c.engine.Clients()
-	if c.reused.Load() {
-		if r, err := remoteStats(c.remote); err == nil {
-			c.remoteBase = r
-		}
+	if remote != nil {
+		c.remoteBase = *remote
 	}
 }
 

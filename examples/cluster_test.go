@@ -32,7 +32,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	code := cachetest.Run(m, cache.WithUpstreams(cache.UpstreamsFrom(ups.Mirrors())...), cache.WithStorageDir(dir))
+	code := cachetest.Run(m, cache.WithUpstreams(cache.UpstreamsFrom(ups.Origins())...), cache.WithStorageDir(dir))
 	ups.Close()
 	os.RemoveAll(dir)
 	os.Exit(code)

@@ -193,7 +193,15 @@ func (q quietConfigs) GenOptions(r provision.NetworkRequest, vc *config.VersionC
 func (p *Plan) close() {
 	if p.prov != nil {
 		p.prov.Close() //nolint:errcheck
+		p.prov = nil
 	}
+}
+
+// Close releases what Configure opened (the provisioner's Docker client).
+// A Plan a Cluster was created from is closed with the cluster.
+func (p *Plan) Close() error {
+	p.close()
+	return nil
 }
 
 // NodeConfigs returns each node's machine config as YAML, by node name.

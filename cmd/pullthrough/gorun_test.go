@@ -22,7 +22,7 @@ func TestGoRunStopsWithItsParent(t *testing.T) {
 	}
 	up := fixtures.NewTalosUpstreams(t, "v1.13.0", fixtures.WithScale(0.001), fixtures.Unthrottled())
 	args := []string{"run", ".", "up", "--os-ports", "--loopback-only", "--bridge", "127.0.0.1", "--storage", t.TempDir()}
-	for h, u := range up.Mirrors() {
+	for h, u := range up.Origins() {
 		args = append(args, "--upstream", h+"="+u)
 	}
 	cmd := exec.Command("go", args...)

@@ -78,7 +78,7 @@ func TestStrictBootWithAMissingImageFailsAndNamesIt(t *testing.T) {
 	n, err := standin.LoadUserdata(userdata(withSkipFallback(genConfig(t, mirrorsOf(set)))))
 	require.NoError(t, err)
 
-	s := standin.Run(t.Context(), n, standin.Options{Arch: "amd64", Fallback: ups.Mirrors()})
+	s := standin.Run(t.Context(), n, standin.Options{Arch: "amd64", Fallback: ups.Origins()})
 
 	assert.Equal(t, 9, s.Images)
 	require.Len(t, s.Failures, 1)
@@ -100,7 +100,7 @@ func TestWithoutSkipFallbackTheNodePullsFromTheRegistryAndSaysSo(t *testing.T) {
 	require.NoError(t, err)
 
 	var log syncBuffer
-	s := standin.Run(t.Context(), n, standin.Options{Arch: "amd64", Fallback: ups.Mirrors(), Log: &log})
+	s := standin.Run(t.Context(), n, standin.Options{Arch: "amd64", Fallback: ups.Origins(), Log: &log})
 
 	require.Empty(t, s.Failures, "log:\n%s", log.String())
 	assert.Equal(t, 10, s.Images)
