@@ -8,9 +8,11 @@ import (
 	"sort"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/siderolabs/talos/pkg/machinery/config"
 	"github.com/siderolabs/talos/pkg/machinery/config/generate"
+	"github.com/siderolabs/talos/pkg/machinery/config/generate/secrets"
 	"github.com/siderolabs/talos/pkg/machinery/config/machine"
 	"github.com/siderolabs/talos/pkg/machinery/constants"
 
@@ -143,6 +145,22 @@ func (e *benchEnv) node(mirrors map[string]string) (*standin.Node, error) {
 	return n, nil
 }
 
+var (
+	secretsOnce sync.Once
+	secretsB    *secrets.Bundle
+	secretsErr  error
+)
+
+// benchSecrets is one secrets bundle for every config the benchmarks make:
+// its RSA and Ed25519 keys take seconds on 2 cores, and would otherwise be
+// made again for each new set of mirrors, inside what a benchmark times.
+func benchSecrets(contract *config.VersionContract) (*secrets.Bundle, error) {
+	secretsOnce.Do(func() {
+		secretsB, secretsErr = secrets.NewBundle(secrets.NewFixedClock(time.Now()), contract)
+	})
+	return secretsB, secretsErr
+}
+
 // nodeFor makes a control plane's machine config with these mirrors, with
 // Talos's generator, and loads it as the stand-in node does.
 func nodeFor(version string, mirrors map[string]string) (*standin.Node, error) {
@@ -150,7 +168,11 @@ func nodeFor(version string, mirrors map[string]string) (*standin.Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("talos version %q: %w", version, err)
 	}
-	opts := []generate.Option{generate.WithVersionContract(contract)}
+	bundle, err := benchSecrets(contract)
+	if err != nil {
+		return nil, err
+	}
+	opts := []generate.Option{generate.WithVersionContract(contract), generate.WithSecretsBundle(bundle)}
 	hosts := make([]string, 0, len(mirrors))
 	for h := range mirrors {
 		hosts = append(hosts, h)

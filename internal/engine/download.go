@@ -74,6 +74,7 @@ func (f *fill) download(lock *fileLock) (err error) {
 
 	buf := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(buf)
+	h := sha256.New()
 	var n, progress int64
 	resumes := 0
 	for {
@@ -82,6 +83,7 @@ func (f *fill) download(lock *fileLock) (err error) {
 			if _, werr := w.Write((*buf)[:m]); werr != nil {
 				return storageError(s.root, werr)
 			}
+			h.Write((*buf)[:m])
 			n += int64(m)
 			if progress += int64(m); progress >= stallProgress {
 				src.moving()
@@ -117,16 +119,25 @@ func (f *fill) download(lock *fileLock) (err error) {
 	}
 	// On disk before it is visible: a crash must not leave a stored blob
 	// that is empty or cut under its digest's name.
-	if err := errors.Join(w.Sync(), w.Close()); err != nil {
+	if err := w.Sync(); err != nil {
 		return storageError(s.root, err)
 	}
-	// The digest of what was stored, not of what arrived: the part file
-	// is what will be served.
-	got, err := digestOfFile(r, n)
-	if err != nil {
+	// The part file is written in append mode: had anything cut it while
+	// it filled, what follows went to its new end and the file is shorter
+	// than what was received, instead of holding zeros under a valid
+	// digest. So the bytes received are the bytes stored.
+	if st, err := w.Stat(); err != nil || st.Size() != n {
+		got := int64(-1)
+		if err == nil {
+			got = st.Size()
+		}
+		c.log.Warn("a blob's part file changed while it was written: not stored", "digest", f.dgst, "file", part, "size", got, "received", n)
+		return fmt.Errorf("blob %s: the part file %s holds %d bytes of the %d received: changed while written, not stored", f.dgst, part, got, n)
+	}
+	if err := w.Close(); err != nil {
 		return storageError(s.root, err)
 	}
-	if got != f.dgst {
+	if got := digest.NewDigest(digest.SHA256, h); got != f.dgst {
 		if src.fleet {
 			c.cfg.Fleet.Discard(context.WithoutCancel(c.ctx), f.dgst)
 		}

@@ -91,15 +91,16 @@ func IsStorageDir(dir string) bool {
 	return err == nil && st.IsDir()
 }
 
-// create makes a new file for writing, making the layout again if it was
+// create makes a new file for appending, making the layout again if it was
 // removed.
 func (s *store) create(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	const flags = os.O_WRONLY | os.O_CREATE | os.O_EXCL | os.O_APPEND
+	f, err := os.OpenFile(path, flags, 0o644)
 	if errors.Is(err, fs.ErrNotExist) {
 		if err := s.ensureLayout(); err != nil {
 			return nil, err
 		}
-		f, err = os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+		f, err = os.OpenFile(path, flags, 0o644)
 	}
 	return f, err
 }
