@@ -1,6 +1,7 @@
 package cachetest_test
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -347,4 +348,38 @@ func TestTricklingUpstreamIsAbandoned(t *testing.T) {
 	o = fetchBlob(testCtx(t), c.Addr(), "app", d, nil)
 	require.True(t, o.complete() && o.digest == d.String(), "the next request after the trickle: %s", o)
 	assert.EqualValues(t, 2, up.blobGETs.Load(), "the next request starts a fresh download")
+}
+
+// keepAliveRequest sends GET /v2/ on conn and reads a kept-alive answer.
+func keepAliveRequest(conn net.Conn) error {
+	if _, err := io.WriteString(conn, "GET /v2/ HTTP/1.1\r\nHost: cache\r\n\r\n"); err != nil {
+		return err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Close {
+		return fmt.Errorf("%s, close %v: want a kept-alive 200", resp.Status, resp.Close)
+	}
+	return nil
+}
+
+// stillOpen reads from an idle connection: EOF or a reset is a connection
+// the cache closed; nothing within the deadline is one it keeps.
+func stillOpen(conn net.Conn) (bool, error) {
+	if err := conn.SetReadDeadline(time.Now().Add(300 * time.Millisecond)); err != nil {
+		return false, err
+	}
+	_, err := conn.Read(make([]byte, 1))
+	var ne net.Error
+	switch {
+	case errors.As(err, &ne) && ne.Timeout():
+		return true, nil
+	case errors.Is(err, io.EOF) || isReset(err):
+		return false, nil
+	}
+	return false, fmt.Errorf("reading an idle connection: %v (want EOF or a timeout)", err)
 }

@@ -183,9 +183,13 @@ func TestDamagedBucketObjectIsReplacedFromTheOrigin(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		damage func([]byte) []byte
+		// sized: the instance has the manifest first, so it knows the
+		// blob's size and finds a wrong-sized object before sending a byte.
+		sized bool
 	}{
-		{"one byte flipped", func(b []byte) []byte { b[len(b)/2] ^= 0xff; return b }},
-		{"truncated", func(b []byte) []byte { return b[:1<<20] }},
+		{"one byte flipped", func(b []byte) []byte { b[len(b)/2] ^= 0xff; return b }, false},
+		{"truncated", func(b []byte) []byte { return b[:1<<20] }, false},
+		{"truncated, size known from the manifest", func(b []byte) []byte { return b[:1<<20] }, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rd, s3srv := fleettest.Redis(t), fleettest.S3(t)
@@ -217,8 +221,15 @@ func TestDamagedBucketObjectIsReplacedFromTheOrigin(t *testing.T) {
 
 			// A cold instance finds the damaged object in the bucket.
 			b := fleetInstance(t, origin, rd.Addr, s3srv.Addr)
+			if tc.sized {
+				status, _ := manifestBodyDigest(t, b.Addr(), "app", "v1")
+				require.Equal(t, http.StatusOK, status)
+			}
 			got := fetchBlob(ctx, b.Addr(), "app", d, nil)
 			noWrongBody(t, got, d, "the first pull")
+			if tc.sized {
+				require.True(t, got.complete(), "a wrong-sized object is replaced within the request: %s", got)
+			}
 			pulls := 1
 			for !got.complete() && pulls < 2 {
 				got = fetchBlob(ctx, b.Addr(), "app", d, nil)
@@ -420,40 +431,6 @@ func TestConnectionCapPerAddressClosesTheLongestIdle(t *testing.T) {
 	t.Cleanup(tr.CloseIdleConnections)
 	o := fetchBlobWith(testCtx(t), &http.Client{Transport: tr}, c.Addr(), "app", d, nil)
 	require.True(t, o.complete() && o.digest == d.String(), "a pull from an address at its cap: %s", o)
-}
-
-// keepAliveRequest sends GET /v2/ on conn and reads a kept-alive answer.
-func keepAliveRequest(conn net.Conn) error {
-	if _, err := io.WriteString(conn, "GET /v2/ HTTP/1.1\r\nHost: cache\r\n\r\n"); err != nil {
-		return err
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-	if err != nil {
-		return err
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK || resp.Close {
-		return fmt.Errorf("%s, close %v: want a kept-alive 200", resp.Status, resp.Close)
-	}
-	return nil
-}
-
-// stillOpen reads from an idle connection: EOF or a reset is a connection
-// the cache closed; nothing within the deadline is one it keeps.
-func stillOpen(conn net.Conn) (bool, error) {
-	if err := conn.SetReadDeadline(time.Now().Add(300 * time.Millisecond)); err != nil {
-		return false, err
-	}
-	_, err := conn.Read(make([]byte, 1))
-	var ne net.Error
-	switch {
-	case errors.As(err, &ne) && ne.Timeout():
-		return true, nil
-	case errors.Is(err, io.EOF) || isReset(err):
-		return false, nil
-	}
-	return false, fmt.Errorf("reading an idle connection: %v (want EOF or a timeout)", err)
 }
 
 // A download that outlives the fleet's claim TTL keeps its claim: a second
