@@ -49,7 +49,11 @@ func bootSpec(b *testing.B, image string, i int) provisioners.Spec {
 
 func benchBootDocker(b *testing.B, env *benchEnv) {
 	image := env.NodeImage(b, benchLog(b))
-	benchBoot(b, env, func(i int) provisioners.Spec { return bootSpec(b, image, i) })
+	var preloaded func(i int) provisioners.Spec
+	if img := env.PreloadedImage(b, benchLog(b)); img != "" {
+		preloaded = func(i int) provisioners.Spec { return bootSpec(b, img, i) }
+	}
+	benchBoot(b, env, func(i int) provisioners.Spec { return bootSpec(b, image, i) }, preloaded)
 }
 
 // benchBootQemu boots qemu clusters: stand-in Talos VMs (scripts/qemu-up)
@@ -86,16 +90,42 @@ func benchBootQemu(b *testing.B, env *benchEnv) {
 		}
 		b.Skipf("qemu boot: %v", err)
 	}
-	benchBoot(b, env, spec, cache.WithListenAll())
+	benchBoot(b, env, spec, nil, cache.WithListenAll())
 }
 
-// benchBoot measures cold boots (fresh caches each time) and warm ones (one
-// set of caches, filled by a first boot outside the timing).
-func benchBoot(b *testing.B, env *benchEnv, bootSpec func(i int) provisioners.Spec, cacheOpts ...cache.Option) {
+// benchBoot measures boots whose nodes already hold every image (the floor
+// no cache can beat, where preloadedSpec is given), cold boots (fresh caches
+// each time) and warm ones (one set of caches, filled by a first boot outside
+// the timing). warm reports speedup-x (cold over warm) and of-preloaded
+// (warm over the floor, in the same run).
+func benchBoot(b *testing.B, env *benchEnv, bootSpec, preloadedSpec func(i int) provisioners.Spec, cacheOpts ...cache.Option) {
 	log := benchLog(b)
 	ctx := context.Background()
-	var coldSeconds float64
+	var coldSeconds, floorSeconds float64
 	iter := 0
+	if preloadedSpec != nil {
+		b.Run("preloaded", func(b *testing.B) {
+			b.StopTimer()
+			set := env.NewCaches(b, cacheOpts...)
+			var total result
+			for range b.N {
+				iter++
+				spec := preloadedSpec(iter)
+				b.StartTimer()
+				r, err := env.Boot(ctx, set, spec, log)
+				b.StopTimer()
+				if err != nil {
+					b.Fatal(err)
+				}
+				if r.UpstreamRequests != 0 || set.Total().Requests != 0 {
+					b.Fatalf("a preloaded boot pulled: %d upstream requests, %d cache requests", r.UpstreamRequests, set.Total().Requests)
+				}
+				total = add(total, r)
+			}
+			report(b, total, "boot-s/op")
+			floorSeconds = total.Seconds / float64(b.N)
+		})
+	}
 	b.Run("cold", func(b *testing.B) {
 		var total result
 		for range b.N {
@@ -144,6 +174,10 @@ func benchBoot(b *testing.B, env *benchEnv, bootSpec func(i int) provisioners.Sp
 			total = add(total, r)
 		}
 		report(b, total, "boot-s/op")
-		b.ReportMetric(coldSeconds/(total.Seconds/float64(b.N)), "speedup-x")
+		warm := total.Seconds / float64(b.N)
+		b.ReportMetric(coldSeconds/warm, "speedup-x")
+		if floorSeconds > 0 {
+			b.ReportMetric(warm/floorSeconds, "of-preloaded")
+		}
 	})
 }

@@ -86,6 +86,8 @@ type result struct {
 	// UpstreamManifestGETs is what Docker Hub counts against its pull limit.
 	UpstreamManifestGETs int64
 	Images               int
+	// A boot's phases (provisioners.Timings), in seconds.
+	ConfigS, CreateS, ReadyS float64
 }
 
 // PullThrough pulls the node image set as a node would, through the caches

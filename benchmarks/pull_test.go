@@ -25,6 +25,11 @@ func report(b *testing.B, total result, unit string) {
 	b.ReportMetric(float64(total.UpstreamBytes)/1e6/n, "upstream-MB/op")
 	b.ReportMetric(float64(total.UpstreamRequests)/n, "upstream-requests/op")
 	b.ReportMetric(float64(total.UpstreamManifestGETs)/n, "upstream-manifest-GETs/op")
+	if total.ConfigS+total.CreateS+total.ReadyS > 0 {
+		b.ReportMetric(total.ConfigS/n, "config-s/op")
+		b.ReportMetric(total.CreateS/n, "create-s/op")
+		b.ReportMetric(total.ReadyS/n, "ready-s/op")
+	}
 }
 
 func add(a, r result) result {
@@ -32,6 +37,9 @@ func add(a, r result) result {
 	a.UpstreamBytes += r.UpstreamBytes
 	a.UpstreamRequests += r.UpstreamRequests
 	a.UpstreamManifestGETs += r.UpstreamManifestGETs
+	a.ConfigS += r.ConfigS
+	a.CreateS += r.CreateS
+	a.ReadyS += r.ReadyS
 	return a
 }
 
