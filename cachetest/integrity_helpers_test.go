@@ -26,11 +26,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/pullthrough/pullthrough/cache"
-	"github.com/pullthrough/pullthrough/cachetest"
 	"github.com/pullthrough/pullthrough/internal/fleettest"
 )
 
@@ -322,33 +320,6 @@ func fleetInstance(t *testing.T, origin *faultyUpstream, redisAddr, s3Addr strin
 }
 
 func isReset(err error) bool { return errors.Is(err, syscall.ECONNRESET) }
-
-func TestTricklingUpstreamIsAbandoned(t *testing.T) {
-	up := newFaultyUpstream(t)
-	img, layer := bigImage(t, 256<<10, 96)
-	up.pushImage(t, "app:v1", img)
-	d := layerDigest(t, layer)
-	const stall = 2 * time.Second
-	c := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test")), cache.WithStallTimeout(stall)).Cache("registry.test")
-	up.trickle.Store(true)
-
-	ctx, cancel := context.WithTimeout(testCtx(t), 30*time.Second)
-	defer cancel()
-	start := time.Now()
-	o := fetchBlob(ctx, c.Addr(), "app", d, nil)
-	took := time.Since(start)
-	t.Logf("a 1 byte/s upstream: %s after %v", o, took)
-	require.NoError(t, ctx.Err(), "the client waited 30s on a trickle")
-	assert.False(t, o.complete(), "a trickle was served as whole")
-	assert.True(t, o.status == http.StatusGatewayTimeout || o.status == http.StatusOK && o.err != nil, "want a 504 or a cut: %s", o)
-	assert.Less(t, took, 5*stall, "a trickle is abandoned within a few stall timeouts")
-	requireNoFills(t, c)
-
-	up.trickle.Store(false)
-	o = fetchBlob(testCtx(t), c.Addr(), "app", d, nil)
-	require.True(t, o.complete() && o.digest == d.String(), "the next request after the trickle: %s", o)
-	assert.EqualValues(t, 2, up.blobGETs.Load(), "the next request starts a fresh download")
-}
 
 // keepAliveRequest sends GET /v2/ on conn and reads a kept-alive answer.
 func keepAliveRequest(conn net.Conn) error {

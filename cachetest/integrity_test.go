@@ -3,6 +3,7 @@ package cachetest_test
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -328,6 +329,33 @@ func TestIdleConnectionsAreClosedAndPullsGoOn(t *testing.T) {
 	assert.Greater(t, openAtPull, conns*9/10, "the pull did not run beside the idle connections")
 	assert.Less(t, longest, idle+15*time.Second, "an idle connection outlived the idle timeout by far")
 	assert.Greater(t, shortest, idle/2, "a connection was closed long before the idle timeout")
+}
+
+func TestTricklingUpstreamIsAbandoned(t *testing.T) {
+	up := newFaultyUpstream(t)
+	img, layer := bigImage(t, 256<<10, 96)
+	up.pushImage(t, "app:v1", img)
+	d := layerDigest(t, layer)
+	const stall = 2 * time.Second
+	c := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test")), cache.WithStallTimeout(stall)).Cache("registry.test")
+	up.trickle.Store(true)
+
+	ctx, cancel := context.WithTimeout(testCtx(t), 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	o := fetchBlob(ctx, c.Addr(), "app", d, nil)
+	took := time.Since(start)
+	t.Logf("a 1 byte/s upstream: %s after %v", o, took)
+	require.NoError(t, ctx.Err(), "the client waited 30s on a trickle")
+	assert.False(t, o.complete(), "a trickle was served as whole")
+	assert.True(t, o.status == http.StatusGatewayTimeout || o.status == http.StatusOK && o.err != nil, "want a 504 or a cut: %s", o)
+	assert.Less(t, took, 5*stall, "a trickle is abandoned within a few stall timeouts")
+	requireNoFills(t, c)
+
+	up.trickle.Store(false)
+	o = fetchBlob(testCtx(t), c.Addr(), "app", d, nil)
+	require.True(t, o.complete() && o.digest == d.String(), "the next request after the trickle: %s", o)
+	assert.EqualValues(t, 2, up.blobGETs.Load(), "the next request starts a fresh download")
 }
 
 func TestStorageInUseLockAndRemovedLayout(t *testing.T) {
