@@ -1,16 +1,14 @@
 package main
 
 import (
-	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
-	"strconv"
+	"regexp"
 	"strings"
 	"time"
 
@@ -87,10 +85,16 @@ func checkListen(ip string) error {
 // startError adds what a person can do about a port already taken.
 func startError(err error) error {
 	if errors.Is(err, cache.ErrPortInUse) {
-		return fmt.Errorf("%w\n(--ports-from N or --os-ports picks other ports; `pullthrough status` lists the caches running on this host)", err)
+		// The engine names a clash by identity hashes; a person needs words.
+		msg := identityRE.ReplaceAllString(err.Error(), "(another upstream URL or --mode)")
+		return fmt.Errorf("%s\n(--ports-from N or --os-ports picks other ports; `pullthrough status` lists the caches running on this host, with their ports and storage)", msg)
 	}
 	return err
 }
+
+// identityRE is a cache identity pair as the engine prints a port clash:
+// "(29802d797042/online, want 2956a18c7900/online)".
+var identityRE = regexp.MustCompile(`\([0-9a-f]{6,}/[a-z]+, want [0-9a-f]{6,}/[a-z]+\)`)
 
 // list returns the upstreams: the flags', with the guide's ports for the
 // hosts it knows, or the defaults.
@@ -134,9 +138,9 @@ func (f *cacheFlags) parseUpstreams() ([]cache.Upstream, error) {
 	next := 5100
 	seen := map[string]bool{}
 	for _, v := range f.upstreams {
-		u, err := cache.ParseUpstream(v)
+		u, err := parseUpstream(v)
 		if err != nil {
-			return nil, usagef("--upstream %q: %v", v, err)
+			return nil, err
 		}
 		if seen[u.Host] {
 			return nil, usagef("--upstream %q: %s is given twice: want one --upstream per registry host", v, u.Host)
@@ -156,6 +160,42 @@ func (f *cacheFlags) parseUpstreams() ([]cache.Upstream, error) {
 	return out, nil
 }
 
+// parseUpstream reads one --upstream HOST=URL, with messages in the
+// flag's terms (cache.ParseUpstream's speak of the library's fields), and
+// never echoing a password given in the URL.
+func parseUpstream(v string) (cache.Upstream, error) {
+	host, raw, ok := strings.Cut(v, "=")
+	shown := host + "=" + redact(raw)
+	if !ok || host == "" || raw == "" {
+		return cache.Upstream{}, usagef("--upstream %q: want HOST=URL, such as docker.io=https://registry-1.docker.io", shown)
+	}
+	if _, err := cache.ParseUpstream(host + "=https://example.invalid"); err != nil {
+		return cache.Upstream{}, usagef("--upstream %q: %q is not a registry host as image names give it: want lowercase letters, digits, dots and dashes with an optional :PORT, such as docker.io or registry.local:5000", shown, host)
+	}
+	u, err := url.Parse(raw)
+	switch {
+	case err != nil || !strings.Contains(raw, "://"):
+		return cache.Upstream{}, usagef("--upstream %q: %q is not a URL: want http:// or https:// and a host, such as %s=http://%s", shown, redact(raw), host, strings.TrimPrefix(redact(raw), "//"))
+	case u.Scheme != "http" && u.Scheme != "https", u.Host == "":
+		return cache.Upstream{}, usagef("--upstream %q: want an http:// or https:// URL with a host, such as %s=https://%s", shown, host, host)
+	case u.User != nil:
+		return cache.Upstream{}, usagef("--upstream %q: the URL carries credentials; give them with --credential-helper %s=NAME (docker-credential-NAME), never in the URL", shown, host)
+	}
+	up, err := cache.ParseUpstream(v)
+	if err != nil {
+		return cache.Upstream{}, usagef("--upstream %q: want HOST=URL, such as docker.io=https://registry-1.docker.io", shown)
+	}
+	return up, nil
+}
+
+// redact hides a password in a URL's user info.
+func redact(raw string) string {
+	if u, err := url.Parse(raw); err == nil && u.User != nil {
+		return u.Redacted()
+	}
+	return raw
+}
+
 func (f *cacheFlags) root() (string, error) {
 	if f.storage != "" {
 		return f.storage, nil
@@ -173,46 +213,6 @@ func (f *cacheFlags) logger(cmd *cobra.Command) *slog.Logger {
 		level = slog.LevelDebug
 	}
 	return slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
-}
-
-// running is a cache found answering on a port of this host.
-type running struct {
-	Host     string      `json:"host"`
-	Addr     string      `json:"addr"`
-	Port     int         `json:"port"`
-	Mode     string      `json:"mode"`
-	Storage  string      `json:"storage"`
-	Stats    cache.Stats `json:"stats"`
-	DiskUsed int64       `json:"disk_used_bytes"`
-}
-
-// discover asks each upstream's port on loopback whether a pullthrough cache
-// serves it there, foreground or detached.
-func discover(ctx context.Context, ups []cache.Upstream) []running {
-	client := &http.Client{Timeout: 2 * time.Second}
-	var out []running
-	for _, u := range ups {
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(u.Port))
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+cache.StatsPath, nil)
-		if err != nil {
-			continue
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			continue
-		}
-		var st cache.Stats
-		err = json.NewDecoder(resp.Body).Decode(&st)
-		resp.Body.Close()
-		if err != nil || resp.StatusCode != http.StatusOK || resp.Header.Get(cache.HeaderUpstream) != u.Host {
-			continue
-		}
-		_, mode, _ := strings.Cut(resp.Header.Get(cache.HeaderIdentity), "/")
-		r := running{Host: u.Host, Addr: addr, Port: u.Port, Mode: mode, Storage: resp.Header.Get(cache.HeaderStorage), Stats: st}
-		r.DiskUsed = du(r.Storage)
-		out = append(out, r)
-	}
-	return out
 }
 
 // du is the bytes of the regular files under dir.

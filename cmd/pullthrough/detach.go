@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -15,12 +16,15 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/pullthrough/pullthrough/cache"
 	"github.com/pullthrough/pullthrough/internal/dockerenv"
 )
 
 // Labels on the detached container: managed marks it as this project's, so
 // a container of the same name made by anyone else is never touched.
 const (
+	defaultContainerName = "pullthrough"
+
 	labelManaged = "dev.pullthrough.managed"
 	labelStorage = "dev.pullthrough.storage"
 )
@@ -42,7 +46,7 @@ func detach(cmd *cobra.Command, name, root string) error {
 			return fmt.Errorf("a container named %q exists and was not made by pullthrough: it is left alone; remove or rename it, or pick another name with --name", name)
 		}
 		if existing.Container.State != nil && existing.Container.State.Running {
-			return fmt.Errorf("pullthrough is already running detached as container %q (see `pullthrough status`; `pullthrough down` stops it)", name)
+			return fmt.Errorf("pullthrough is already running detached as container %q (`pullthrough status` lists its caches; `pullthrough down%s` stops it)", name, nameFlag(name))
 		}
 		if _, err := cli.ContainerRemove(ctx, existing.Container.ID, client.ContainerRemoveOptions{Force: true}); err != nil {
 			return fmt.Errorf("removing the stopped container %q: %w", name, err)
@@ -90,7 +94,8 @@ func detach(cmd *cobra.Command, name, root string) error {
 		logs, _ := dockerenv.ContainerLogs(ctx, cli, created.ID)
 		if strings.Contains(logs, "# Talos config patches") {
 			fmt.Fprint(out, logs)
-			fmt.Fprintf(out, "# running detached as container %q (restart: always); `pullthrough down` stops it, keeping %s\n", name, root)
+			fmt.Fprintf(out, "# running detached as container %q (restart: always); `pullthrough down%s` stops it, keeping %s (`pullthrough down%s --purge` also removes what it stored)\n",
+				name, nameFlag(name), root, nameFlag(name))
 			return nil
 		}
 		if info, err := cli.ContainerInspect(ctx, created.ID, client.ContainerInspectOptions{}); err == nil && info.Container.State != nil && !info.Container.State.Running {
@@ -169,20 +174,39 @@ func newDown() *cobra.Command {
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "stopped and removed container %q\n", name)
 			if !purge {
-				fmt.Fprintf(out, "storage kept in %s (`pullthrough down --purge` or `pullthrough purge` drops it)\n", root)
+				fmt.Fprintf(out, "storage kept in %s (`pullthrough purge%s` removes what the caches stored there)\n", root, storageFlag(root))
 				return nil
 			}
 			if root == "" {
 				return errors.New("the container did not record its storage directory: nothing purged")
 			}
-			if err := os.RemoveAll(root); err != nil {
-				return fmt.Errorf("removing storage %s: %w", root, err)
-			}
-			fmt.Fprintf(out, "removed storage %s\n", root)
-			return nil
+			return purgeRoot(cmd, root, false)
 		},
 	}
-	cmd.Flags().StringVar(&name, "name", "pullthrough", "name of the detached container")
-	cmd.Flags().BoolVar(&purge, "purge", false, "also remove the storage directory")
+	cmd.Flags().StringVar(&name, "name", defaultContainerName, "name of the detached container")
+	cmd.Flags().BoolVar(&purge, "purge", false, "also remove what the caches stored (their content only; other files under the storage root are kept)")
 	return cmd
+}
+
+// nameFlag is the --name a hint must carry to act on the container named.
+func nameFlag(name string) string {
+	if name == defaultContainerName {
+		return ""
+	}
+	return " --name " + shellQuote(name)
+}
+
+// storageFlag is the --storage a hint must carry to act on root.
+func storageFlag(root string) string {
+	if def, err := cache.DefaultStorageRoot(); err == nil && filepath.Clean(def) == filepath.Clean(root) {
+		return ""
+	}
+	return " --storage " + shellQuote(root)
+}
+
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./:=@") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pullthrough/pullthrough/cache"
 	"github.com/pullthrough/pullthrough/fixtures"
 	"github.com/pullthrough/pullthrough/internal/dockerenv"
 )
@@ -79,10 +80,16 @@ func TestDetachedCachesSurviveRestartAndDownCleansUp(t *testing.T) {
 
 	r = cli2(t, append([]string{"up", "--detach", "--name", name, "--bridge", "127.0.0.1"}, withPorts...)...)
 	require.Equal(t, 0, r.code, r.stdout+r.stderr)
+	assert.Contains(t, r.stdout, "pullthrough down --name "+name, "the hint acts on this container")
+	mine := filepath.Join(storage, "notes.txt")
+	require.NoError(t, os.WriteFile(mine, []byte("mine"), 0o644))
 	r = cli2(t, "down", "--name", name, "--purge")
 	require.Equal(t, 0, r.code, r.stderr)
-	_, err = os.Stat(storage)
-	assert.True(t, os.IsNotExist(err), "down --purge drops the storage")
+	dirs, err := cache.StorageDirs(storage)
+	require.NoError(t, err)
+	assert.Empty(t, dirs, "down --purge drops what the caches stored")
+	_, err = os.Stat(mine)
+	assert.NoError(t, err, "down --purge keeps a file of the user's under the storage")
 }
 
 func TestDetachNeverTouchesAContainerItDidNotMake(t *testing.T) {

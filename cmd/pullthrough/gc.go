@@ -21,17 +21,13 @@ type blobFile struct {
 	used time.Time // last served, to the hour
 }
 
-// storedBlobs lists the content files under a storage root (one directory
-// per upstream, each with v2/blobs/sha256/<hex>). Fills in progress live in
-// v2/fills and are never listed.
-func storedBlobs(root string) ([]blobFile, error) {
-	ups, err := os.ReadDir(root)
-	if err != nil {
-		return nil, fmt.Errorf("reading storage %s: %w", root, err)
-	}
+// storedBlobs lists the content files of the caches' storage directories
+// (each StorageDir's Content holds blobs/sha256/<hex>). Fills in progress
+// live beside blobs and are never listed.
+func storedBlobs(dirs []cache.StorageDir) ([]blobFile, error) {
 	var out []blobFile
-	for _, u := range ups {
-		dir := filepath.Join(root, u.Name(), "v2", "blobs", "sha256")
+	for _, sd := range dirs {
+		dir := filepath.Join(sd.Content, "blobs", "sha256")
 		ents, err := os.ReadDir(dir)
 		if err != nil {
 			continue
@@ -76,9 +72,14 @@ func newGC() *cobra.Command {
 		Short: "Remove the least recently served content until the caches fit in SIZE",
 		Long: `gc removes stored blobs and manifests, least recently served first, until what is left fits
 in --max-size. Downloads in progress are never touched; content removed is fetched again
-from upstream when next asked for.`,
+from upstream when next asked for. Only the caches' own storage directories are touched:
+anything else under --storage is kept. Caches running on the storage are refused (stop them
+first); --dry-run only reports.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if maxSize == "" {
+				return usagef("--max-size is required: want the size to keep, such as --max-size 20GB (0 removes every stored blob)")
+			}
 			limit, err := parseSize(maxSize)
 			if err != nil {
 				return err
@@ -87,7 +88,11 @@ from upstream when next asked for.`,
 			if err != nil {
 				return err
 			}
-			files, err := storedBlobs(root)
+			dirs, err := storageDirs(cmd, root, dryRun)
+			if err != nil {
+				return err
+			}
+			files, err := storedBlobs(dirs)
 			if err != nil {
 				return err
 			}
@@ -114,64 +119,14 @@ from upstream when next asked for.`,
 			if dryRun {
 				verb = "would remove"
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s %d files, %s; %s left in %s\n", verb, removed, mb(freed), mb(total), root)
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "%s %d files, %s; %s left in %s\n", verb, removed, mb(freed), mb(total), root)
+			printKept(out, root, dirs)
 			return nil
 		},
 	}
 	f.register(cmd)
 	cmd.Flags().StringVar(&maxSize, "max-size", "", "size to keep, e.g. 20GB")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "say what would be removed, remove nothing")
-	_ = cmd.MarkFlagRequired("max-size")
 	return cmd
-}
-
-func newPurge() *cobra.Command {
-	var f cacheFlags
-	var dryRun bool
-	cmd := &cobra.Command{
-		Use:   "purge",
-		Short: "Remove everything the caches stored (says what, then removes it)",
-		Args:  noArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			root, err := f.root()
-			if err != nil {
-				return err
-			}
-			ents, err := os.ReadDir(root)
-			if os.IsNotExist(err) {
-				fmt.Fprintf(cmd.OutOrStdout(), "nothing stored in %s\n", root)
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			if len(discover(cmd.Context(), mustList(&f))) > 0 && !dryRun {
-				return fmt.Errorf("caches are running on this storage (see `pullthrough status`): stop them first")
-			}
-			out := cmd.OutOrStdout()
-			for _, e := range ents {
-				p := filepath.Join(root, e.Name())
-				fmt.Fprintf(out, "%s  %s\n", mb(du(p)), p)
-				if !dryRun {
-					if err := os.RemoveAll(p); err != nil {
-						return err
-					}
-				}
-			}
-			if dryRun {
-				fmt.Fprintln(out, "(dry run: nothing removed)")
-			} else {
-				fmt.Fprintln(out, "removed")
-			}
-			return nil
-		},
-	}
-	f.register(cmd)
-	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "say what would be removed, remove nothing")
-	return cmd
-}
-
-func mustList(f *cacheFlags) []cache.Upstream {
-	ups, _ := f.list()
-	return ups
 }

@@ -27,7 +27,7 @@ type listFlags struct {
 }
 
 func (l *listFlags) register(cmd *cobra.Command) {
-	cmd.Flags().StringVarP(&l.from, "from", "f", "", "file of image references, one a line as `talosctl images default` prints them ('-': stdin)")
+	cmd.Flags().StringVarP(&l.from, "from", "f", "", "file of image references, one a line as talosctl images default prints them ('-': stdin)")
 	cmd.Flags().StringVar(&l.talos, "talos", "", "Talos version whose boot images to use (images.List), e.g. v1.13.0")
 	cmd.Flags().StringVar(&l.platform, "platform", "linux/amd64", "platform of multi-platform images ('all': every one)")
 }
@@ -109,47 +109,6 @@ func (l *listFlags) refs(cmd *cobra.Command, args []string) ([]image, error) {
 	return out, nil
 }
 
-// listCaches reads the list a command was given and starts caches for it
-// (see startFor); the caller closes the set.
-func listCaches(cmd *cobra.Command, f *cacheFlags, l *listFlags, args []string, mode cache.Mode) (*cache.Set, []image, error) {
-	imgs, err := l.refs(cmd, args)
-	if err != nil {
-		return nil, nil, err
-	}
-	set, err := startFor(cmd.Context(), f, imgs, mode, cmd)
-	return set, imgs, err
-}
-
-// startFor starts caches on loopback, on OS-chosen ports, over the storage
-// root, for the upstreams the list needs. Fills are shared with any other
-// pullthrough process on the same storage, so this is safe beside `up`.
-func startFor(ctx context.Context, f *cacheFlags, imgs []image, mode cache.Mode, cmd *cobra.Command) (*cache.Set, error) {
-	ups, err := f.list()
-	if err != nil {
-		return nil, err
-	}
-	need := map[string]bool{}
-	for _, i := range imgs {
-		need[i.host] = true
-	}
-	var use []cache.Upstream
-	for _, u := range ups {
-		if need[u.Host] {
-			use = append(use, u)
-			delete(need, u.Host)
-		}
-	}
-	for h := range need {
-		return nil, usagef("no upstream for registry %s: add --upstream %s=https://%s", h, h, h)
-	}
-	root, err := f.root()
-	if err != nil {
-		return nil, err
-	}
-	return cache.Start(ctx, cache.WithUpstreams(use...), cache.WithStorageDir(root),
-		cache.WithListenAddrs("127.0.0.1"), cache.WithMode(mode), cache.WithLogger(f.logger(cmd)))
-}
-
 // pulled is one image read whole through a cache: every manifest, the
 // config and every layer, digests checked by go-containerregistry.
 type pulled struct {
@@ -166,7 +125,7 @@ type pulled struct {
 
 // pullAll reads every image through the set, a few at a time; progress gets
 // each image's bytes as they arrive.
-func pullAll(ctx context.Context, set *cache.Set, imgs []image, platform string, p *progress) []pulled {
+func pullAll(ctx context.Context, src *sources, imgs []image, platform string, p *progress) []pulled {
 	out := make([]pulled, len(imgs))
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 3)
@@ -176,7 +135,8 @@ func pullAll(ctx context.Context, set *cache.Set, imgs []image, platform string,
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			out[i] = pullOne(ctx, set, img, platform, p)
+			out[i] = pullOne(ctx, src, img, platform, p)
+			out[i].err = src.clean(out[i].err, img)
 			p.done(img.ref, out[i].err)
 		}()
 	}
@@ -185,10 +145,9 @@ func pullAll(ctx context.Context, set *cache.Set, imgs []image, platform string,
 	return out
 }
 
-func pullOne(ctx context.Context, set *cache.Set, img image, platform string, p *progress) pulled {
+func pullOne(ctx context.Context, src *sources, img image, platform string, p *progress) pulled {
 	r := pulled{img: img}
-	c := set.Cache(img.host)
-	ref, err := name.ParseReference(img.through(c.Addr()), name.Insecure)
+	ref, err := name.ParseReference(img.through(src.addr[img.host]), name.Insecure)
 	if err != nil {
 		r.err = err
 		return r
@@ -285,23 +244,51 @@ func newPrefetch() *cobra.Command {
 caches' storage: manifests, config and every layer. Interrupted and run again, it continues
 with what is missing; a layer that was cut off is never stored or served.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			set, imgs, err := listCaches(cmd, &f, &l, args, cache.Online)
+			imgs, err := l.refs(cmd, args)
 			if err != nil {
 				return err
 			}
-			defer set.Close()
+			src, err := openSources(cmd, &f, imgs, cache.Online)
+			if err != nil {
+				return err
+			}
+			defer src.Close()
 			p := newProgress(cmd.ErrOrStderr(), len(imgs))
-			res := pullAll(cmd.Context(), set, imgs, l.platform, p)
-			p.wait()
+			res := pullAll(cmd.Context(), src, imgs, l.platform, p)
+			if src.damaged() > 0 {
+				// A damaged blob is removed when found and fetched again on
+				// the next request; a response it cut is retried once.
+				var again []image
+				var at []int
+				for i, r := range res {
+					if r.err != nil {
+						again, at = append(again, r.img), append(at, i)
+					}
+				}
+				if len(again) > 0 {
+					redo := pullAll(cmd.Context(), src, again, l.platform, newProgress(cmd.ErrOrStderr(), len(again)))
+					for j, i := range at {
+						res[i] = redo[j]
+					}
+				}
+			}
 			var errs []error
 			for _, r := range res {
 				if r.err != nil {
 					errs = append(errs, fmt.Errorf("%s: %w", r.img.ref, r.err))
 				}
 			}
-			t := set.Total()
-			fmt.Fprintf(cmd.OutOrStdout(), "prefetched %d of %d images: %s from upstream, %s already cached\n",
-				len(imgs)-len(errs), len(imgs), mb(t.UpstreamBytes), mb(max(0, t.ServedBytes-t.UpstreamBytes)))
+			t := src.total()
+			out := cmd.OutOrStdout()
+			for _, file := range src.log.files() {
+				fmt.Fprintf(out, "repaired %s: its bytes did not match its digest; fetched again\n", file)
+			}
+			line := fmt.Sprintf("prefetched %d of %d images: %s from upstream, %s already cached", len(imgs)-len(errs), len(imgs),
+				mb(t.UpstreamBytes), mb(max(0, t.ServedBytes-t.UpstreamBytes)))
+			if t.Damaged > 0 {
+				line += fmt.Sprintf(", %d damaged files fetched again", t.Damaged)
+			}
+			fmt.Fprintln(out, line+src.where())
 			return errors.Join(errs...)
 		},
 	}
@@ -320,15 +307,22 @@ func newVerify() *cobra.Command {
 serve it (nothing is asked of any upstream): the index, the platform manifest, the config and
 every layer, each digest checked. It lists what is missing and exits 3 if anything is.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			set, imgs, err := listCaches(cmd, &f, &l, args, cache.Strict)
+			imgs, err := l.refs(cmd, args)
 			if err != nil {
 				return err
 			}
-			defer set.Close()
+			src, err := openSources(cmd, &f, imgs, cache.Strict)
+			if err != nil {
+				return err
+			}
+			defer src.Close()
 			p := newProgress(io.Discard, len(imgs))
-			res := pullAll(cmd.Context(), set, imgs, l.platform, p)
+			res := pullAll(cmd.Context(), src, imgs, l.platform, p)
 			missing := 0
 			out := cmd.OutOrStdout()
+			for _, file := range src.log.files() {
+				fmt.Fprintf(out, "damaged  %s: its bytes do not match its digest; removed (`pullthrough prefetch` fetches it again)\n", file)
+			}
 			for _, r := range res {
 				if r.err != nil {
 					missing++

@@ -113,7 +113,7 @@ cached: prefetch, verify and export a list of images; configs for other tools.`,
 // noArgs rejects stray words, which would otherwise hide the flags after them.
 func noArgs(cmd *cobra.Command, args []string) error {
 	if len(args) > 0 {
-		return usagef("%s: unexpected argument %q (this command takes flags only)", cmd.CommandPath(), args[0])
+		return usagef("unexpected argument %q: %q takes flags only (see %s --help)", args[0], cmd.CommandPath(), cmd.CommandPath())
 	}
 	return nil
 }

@@ -40,6 +40,10 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	binary = filepath.Join(dir, "pullthrough")
+	// Running-cache records of this run's commands stay out of the user's.
+	if os.Getenv("PULLTHROUGH_RUN_DIR") == "" {
+		os.Setenv("PULLTHROUGH_RUN_DIR", filepath.Join(dir, "run"))
+	}
 	build := exec.Command("go", "build", "-o", binary, ".")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0") // static, as `up --detach` needs
 	if out, err := build.CombinedOutput(); err != nil {
@@ -256,6 +260,13 @@ func checkConfigs(t *testing.T, withPorts []string, ups *fixtures.Upstreams, bas
 		m, ok := doc.(*cri.RegistryMirrorConfigV1Alpha1)
 		require.True(t, ok, "%T", doc)
 		require.Len(t, m.RegistryEndpoints, 1)
+		if m.Name() == "*" {
+			// Every port serves every registry of the set; the default
+			// mirror falls back for registries the set does not cache.
+			assert.Equal(t, fmt.Sprintf("http://127.0.0.1:%d", base), m.RegistryEndpoints[0].EndpointURL.String())
+			assert.False(t, m.SkipFallback())
+			continue
+		}
 		got[m.Name()] = m.RegistryEndpoints[0].EndpointURL.String()
 		assert.True(t, m.SkipFallback())
 	}
@@ -277,6 +288,9 @@ func checkConfigs(t *testing.T, withPorts []string, ups *fixtures.Upstreams, bas
 		}
 	}
 	assert.Equal(t, want, got)
+	def, err := os.ReadFile(filepath.Join(dir, "_default", "hosts.toml"))
+	require.NoError(t, err, "containerd's default host")
+	assert.Contains(t, string(def), fmt.Sprintf("[host.\"http://127.0.0.1:%d\"]", base))
 
 	var k3s struct {
 		Mirrors map[string]struct{ Endpoint []string } `yaml:"mirrors"`
@@ -286,27 +300,46 @@ func checkConfigs(t *testing.T, withPorts []string, ups *fixtures.Upstreams, bas
 	for h, m := range k3s.Mirrors {
 		got[h] = m.Endpoint[0]
 	}
+	assert.Equal(t, fmt.Sprintf("http://127.0.0.1:%d", base), got["*"], "k3s's default mirror")
+	delete(got, "*")
 	assert.Equal(t, want, got)
 
+	// kind: today's config_path form, the hosts.toml files under --dir,
+	// mounted into the node.
+	kindDir := t.TempDir()
 	var kind struct {
 		Kind    string   `yaml:"kind"`
 		Patches []string `yaml:"containerdConfigPatches"`
+		Nodes   []struct {
+			ExtraMounts []struct {
+				HostPath      string `yaml:"hostPath"`
+				ContainerPath string `yaml:"containerPath"`
+			} `yaml:"extraMounts"`
+		} `yaml:"nodes"`
 	}
-	require.NoError(t, yaml.Unmarshal([]byte(conf("kind")), &kind))
+	require.NoError(t, yaml.Unmarshal([]byte(conf("kind", "--dir", kindDir)), &kind))
 	require.Len(t, kind.Patches, 1)
 	var cfg struct {
 		Plugins map[string]struct {
 			Registry struct {
-				Mirrors map[string]struct{ Endpoint []string } `toml:"mirrors"`
+				ConfigPath string         `toml:"config_path"`
+				Mirrors    map[string]any `toml:"mirrors"`
 			} `toml:"registry"`
 		} `toml:"plugins"`
 	}
 	require.NoError(t, toml.Unmarshal([]byte(kind.Patches[0]), &cfg), kind.Patches[0])
-	got = map[string]string{}
-	for h, m := range cfg.Plugins["io.containerd.grpc.v1.cri"].Registry.Mirrors {
-		got[h] = m.Endpoint[0]
+	reg := cfg.Plugins["io.containerd.grpc.v1.cri"].Registry
+	assert.Equal(t, "/etc/containerd/certs.d", reg.ConfigPath)
+	assert.Empty(t, reg.Mirrors, "not the deprecated registry.mirrors")
+	require.Len(t, kind.Nodes, 1)
+	require.Len(t, kind.Nodes[0].ExtraMounts, 1)
+	assert.Equal(t, kindDir, kind.Nodes[0].ExtraMounts[0].HostPath)
+	assert.Equal(t, "/etc/containerd/certs.d", kind.Nodes[0].ExtraMounts[0].ContainerPath)
+	for h, ep := range want {
+		b, err := os.ReadFile(filepath.Join(kindDir, h, "hosts.toml"))
+		require.NoError(t, err)
+		assert.Contains(t, string(b), ep)
 	}
-	assert.Equal(t, want, got)
 
 	qemu := conf("talosctl-qemu")
 	assert.True(t, strings.HasPrefix(qemu, "talosctl cluster create qemu --cidr 10.5.0.0/24"), qemu)

@@ -119,7 +119,7 @@ func (p *progress) done(ref string, err error) {
 		p.lastLine = 0
 	}
 	if err != nil {
-		fmt.Fprintf(p.w, "failed  %s: %v\n", ref, err)
+		fmt.Fprintf(p.w, "failed  %s\n", ref) // the reason is in the command's one error message
 	} else {
 		fmt.Fprintf(p.w, "done    %s\n", ref)
 	}

@@ -14,13 +14,15 @@ func newStatus() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show every running cache: address, upstream, mode, hits, misses, bytes, disk used",
-		Args:  noArgs,
+		Long: `status lists the caches running on this host, wherever they were started and on whatever
+ports: pullthrough up (with any --ports-from, --os-ports or --storage), up --detach under any
+--name, and tests' cachetest caches. --storage, --upstream and --ports-from narrow the list.`,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ups, err := f.list()
+			found, err := findRunning(cmd, &f)
 			if err != nil {
 				return err
 			}
-			found := discover(cmd.Context(), ups)
 			out := cmd.OutOrStdout()
 			if asJSON {
 				if found == nil {
@@ -31,7 +33,7 @@ func newStatus() *cobra.Command {
 				return nil
 			}
 			if len(found) == 0 {
-				fmt.Fprintf(out, "no pullthrough cache answers on 127.0.0.1 ports %s\n", portList(ups))
+				fmt.Fprintln(out, notRunning(cmd, &f))
 				return nil
 			}
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)

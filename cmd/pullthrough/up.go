@@ -55,10 +55,14 @@ provisioners, serves until SIGINT or SIGTERM, then prints what each cache did.`,
 			if !osPorts {
 				opts = append(opts, cache.WithFixedPorts())
 			}
+			bridgeFrom := "--bridge"
 			if bridge == "" {
+				bridgeFrom = "docker0's"
 				if bridge, err = cache.DockerBridgeIP(); err != nil {
 					bridge = ""
 				}
+			} else if net.ParseIP(bridge) == nil {
+				return usagef("--bridge %q: want the IP address Docker nodes reach this host at, such as 172.17.0.1", bridge)
 			}
 			if loopbackOnly {
 				opts = append(opts, cache.WithListenAddrs("127.0.0.1"))
@@ -81,17 +85,23 @@ provisioners, serves until SIGINT or SIGTERM, then prints what each cache did.`,
 				fmt.Fprintf(out, "# %s → %s on :%d (%s), storage %s\n", c.Host(), c.Upstream().URL, c.Port(), state, c.StorageDir())
 			}
 			fmt.Fprintln(out)
-			if bridge != "" {
-				fmt.Fprintf(out, "# Docker provisioner: nodes reach this host at docker0's %s\n", bridge)
-				printTalosctl(out, set, "docker", bridge, "")
-			} else {
-				fmt.Fprintln(out, "# Docker provisioner: no docker0 here; name the address nodes reach this host at with --bridge")
+			switch {
+			case loopbackOnly:
+				// Nothing but this host reaches them: no mirror lines that
+				// nodes could not use.
+				fmt.Fprintln(out, "# --loopback-only: no cluster node can reach these caches; clients on this host use http://127.0.0.1:PORT (start without --loopback-only for nodes)")
+			default:
+				if bridge != "" {
+					fmt.Fprintf(out, "# Docker provisioner: nodes reach this host at %s %s\n", bridgeFrom, bridge)
+					printTalosctl(out, set, "docker", bridge, "")
+					printTalosctlDefault(out, set, "docker", bridge, "")
+				} else {
+					fmt.Fprintln(out, "# Docker provisioner: no docker0 here; name the address nodes reach this host at with --bridge")
+				}
+				fmt.Fprintf(out, "# QEMU provisioner: nodes reach this host at the gateway of --cidr %s, %s (the bridge appears with the cluster)\n", cidr, gw)
+				printTalosctl(out, set, "qemu", gw, cidr)
+				printTalosctlDefault(out, set, "qemu", gw, cidr)
 			}
-			fmt.Fprintf(out, "# QEMU provisioner: nodes reach this host at the gateway of --cidr %s, %s (the bridge appears with the cluster)\n", cidr, gw)
-			if loopbackOnly {
-				fmt.Fprintln(out, "# (not with --loopback-only: the caches do not listen there)")
-			}
-			printTalosctl(out, set, "qemu", gw, cidr)
 			fmt.Fprintln(out, "# Talos config patches and configs for kind, k3s, containerd and Docker: pullthrough config --format …")
 			<-cmd.Context().Done()
 			fmt.Fprintln(out)
@@ -110,8 +120,8 @@ provisioners, serves until SIGINT or SIGTERM, then prints what each cache did.`,
 	cmd.Flags().StringVar(&bridge, "bridge", "", "address Docker nodes reach this host at (default: docker0's)")
 	cmd.Flags().StringVar(&cidr, "cidr", "10.5.0.0/24", "the qemu provisioner's --cidr; its gateway is where qemu nodes reach the caches")
 	cmd.Flags().StringVar(&mode, "mode", "online", "online, offline or strict")
-	cmd.Flags().BoolVarP(&detached, "detach", "d", false, "run in a container of this project's own image that restarts with Docker, like the guide's `docker run --restart always`")
-	cmd.Flags().StringVar(&name, "name", "pullthrough", "name of the detached container")
+	cmd.Flags().BoolVarP(&detached, "detach", "d", false, "run in a container of this project's own image that restarts with Docker, as the guide's docker run --restart always does")
+	cmd.Flags().StringVar(&name, "name", defaultContainerName, "name of the detached container")
 	return cmd
 }
 
@@ -136,6 +146,22 @@ func printTalosctl(w io.Writer, set *cache.Set, provisioner, addr, cidr string) 
 		lines = append(lines, fmt.Sprintf("--registry-mirror %s=http://%s", c.Host(), net.JoinHostPort(addr, fmt.Sprint(c.Port()))))
 	}
 	printTalosctlLines(w, provisioner, cidr, lines)
+}
+
+// printTalosctlDefault prints the one-line form: every cache port serves
+// every registry of the set (containerd's ?ns=), so Talos's "*" mirror on
+// the first port stands for all of them.
+func printTalosctlDefault(w io.Writer, set *cache.Set, provisioner, addr, cidr string) {
+	cs := set.Caches()
+	if len(cs) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "# or every registry through one endpoint (each port serves them all):")
+	fmt.Fprintf(w, "talosctl cluster create %s", provisioner)
+	if cidr != "" {
+		fmt.Fprintf(w, " --cidr %s", cidr)
+	}
+	fmt.Fprintf(w, " --registry-mirror '*=http://%s'\n", net.JoinHostPort(addr, fmt.Sprint(cs[0].Port())))
 }
 
 func printTalosctlLines(w io.Writer, provisioner, cidr string, mirrorFlags []string) {
