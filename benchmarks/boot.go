@@ -54,10 +54,18 @@ func (e *benchEnv) nodeImage(tb testing.TB, log *slog.Logger, preloaded bool) st
 // whose generation time varies by seconds from one boot to the next on 2
 // cores) is reported on its own, as ConfigS.
 func (e *benchEnv) Boot(ctx context.Context, set *cache.Set, spec provisioners.Spec, log *slog.Logger) (r result, err error) {
+	return e.BootFor(ctx, "", set, spec, log)
+}
+
+// BootFor is Boot, recorded for the report (-pullthrough.report) under the
+// benchmark's name.
+func (e *benchEnv) BootFor(ctx context.Context, bench string, set *cache.Set, spec provisioners.Spec, log *slog.Logger) (r result, err error) {
 	before := e.Upstreams.Total()
 	opts := []provisioners.Option{provisioners.WithCaches(set), provisioners.WithLogger(log)}
+	var ready *fixtures.StandinReadiness
 	if fixtures.IsStandinImage(spec.Image) || (spec.Provisioner == provisioners.Qemu && os.Getenv("PULLTHROUGH_TALOS_KERNEL") == "") {
-		opts = append(opts, provisioners.WithReadiness(fixtures.StandinReady()))
+		ready = fixtures.StandinReady()
+		opts = append(opts, provisioners.WithReadiness(ready))
 	}
 	c, err := provisioners.Create(ctx, spec, opts...)
 	if err != nil {
@@ -77,6 +85,18 @@ func (e *benchEnv) Boot(ctx context.Context, set *cache.Set, spec provisioners.S
 	r = result{Seconds: (tm.Create + tm.Ready).Seconds(), ConfigS: tm.Config.Seconds(), CreateS: tm.Create.Seconds(), ReadyS: tm.Ready.Seconds()}
 	d := e.Upstreams.Total().Sub(before)
 	r.UpstreamBytes, r.UpstreamRequests, r.UpstreamContentBytes, r.UpstreamManifestGETs = d.BytesSent, d.Requests(), d.ContentBytes, d.ManifestGET
+	if bench != "" {
+		for _, n := range c.Nodes() {
+			rec := bootRecord{Bench: bench, Cluster: spec.Name, Node: n.Name, ConfigS: r.ConfigS, CreateS: r.CreateS, ReadyS: r.ReadyS,
+				UpstreamMB: float64(r.UpstreamBytes) / 1e6}
+			if ready != nil {
+				if nr, ok := ready.NodeReport(n.Name); ok {
+					rec.PullS = nr.Seconds
+				}
+			}
+			boots.add(rec)
+		}
+	}
 	if log != nil {
 		log.Info("booted", "cluster", spec.Name, "timings", c.Timings().String())
 	}

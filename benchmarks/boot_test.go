@@ -112,7 +112,7 @@ func benchBoot(b *testing.B, env *benchEnv, bootSpec, preloadedSpec func(i int) 
 				iter++
 				spec := preloadedSpec(iter)
 				b.StartTimer()
-				r, err := env.Boot(ctx, set, spec, log)
+				r, err := env.BootFor(ctx, b.Name(), set, spec, log)
 				b.StopTimer()
 				if err != nil {
 					b.Fatal(err)
@@ -137,7 +137,7 @@ func benchBoot(b *testing.B, env *benchEnv, bootSpec, preloadedSpec func(i int) 
 			iter++
 			spec := bootSpec(iter)
 			b.StartTimer()
-			r, err := env.Boot(ctx, set, spec, log)
+			r, err := env.BootFor(ctx, b.Name(), set, spec, log)
 			b.StopTimer()
 			stop()
 			if err != nil {
@@ -167,7 +167,7 @@ func benchBoot(b *testing.B, env *benchEnv, bootSpec, preloadedSpec func(i int) 
 			iter++
 			spec := bootSpec(iter)
 			b.StartTimer()
-			r, err := env.Boot(ctx, set, spec, log)
+			r, err := env.BootFor(ctx, b.Name(), set, spec, log)
 			if err != nil {
 				b.Fatal(err)
 			}

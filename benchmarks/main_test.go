@@ -8,7 +8,11 @@ import (
 	"github.com/pullthrough/pullthrough/provisioners"
 )
 
-var knobs benchKnobs
+var (
+	knobs     benchKnobs
+	reportDir string
+	boots     bootReport
+)
 
 func TestMain(m *testing.M) {
 	if os.Getenv(helperEnv) != "" {
@@ -27,7 +31,15 @@ func TestMain(m *testing.M) {
 	flag.Float64Var(&k.Scale, "pullthrough.scale", k.Scale, "image size scale; 1 = the real ~289 MB set")
 	flag.IntVar(&k.ControlPlanes, "pullthrough.cp", k.ControlPlanes, "control planes in boot benchmarks")
 	flag.IntVar(&k.Workers, "pullthrough.workers", k.Workers, "workers in boot benchmarks")
+	flag.StringVar(&reportDir, "pullthrough.report", "", "write the boot benchmarks' numbers (benchstat's format) and a picture of their phases per node to this directory")
 	flag.Parse()
 	knobs = k
-	os.Exit(m.Run())
+	code := m.Run()
+	if reportDir != "" {
+		if err := boots.write(reportDir); err != nil {
+			os.Stderr.WriteString("benchmarks: " + err.Error() + "\n")
+			code = 1
+		}
+	}
+	os.Exit(code)
 }
