@@ -55,6 +55,10 @@ func TestDetachedCachesSurviveRestartAndDownCleansUp(t *testing.T) {
 	r := cli2(t, append([]string{"up", "--detach", "--name", name, "--bridge", "127.0.0.1"}, withPorts...)...)
 	require.Equal(t, 0, r.code, r.stdout+r.stderr)
 	assert.Contains(t, r.stdout, "talosctl cluster create docker")
+	assert.Contains(t, r.stdout, "pullthrough down --name "+name, "the hint acts on this container")
+	r = cli2(t, "status") // no flags: found by its label, whatever its name and ports
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Contains(t, r.stdout, storage, "status with no flags finds the detached caches")
 	r = cli2(t, append([]string{"up", "--detach", "--name", name}, withPorts...)...)
 	assert.Equal(t, 1, r.code, "a second detach names the running one")
 	assert.Contains(t, r.stderr, "already running detached")

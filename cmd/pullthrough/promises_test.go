@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/stretchr/testify/assert"
@@ -199,6 +201,13 @@ func TestCommandsFindWhatRuns(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(r.stdout), &found))
 	assert.Len(t, found, len(ups.Upstreams()))
 
+	// A second up on the same ports: the clash in words, and a hint that
+	// leads to the caches that hold them.
+	r = cli(t, "", append([]string{"up", "--ports-from", fmt.Sprint(base), "--storage", t.TempDir(), "--mode", "strict"}, upstreamFlags(ups)...)...)
+	assert.Equal(t, 1, r.code, r.stdout+r.stderr)
+	assert.Contains(t, r.stderr, "pullthrough status")
+	assert.NotRegexp(t, `[0-9a-f]{12}/`, r.stderr, "identity hashes mean nothing to a user")
+
 	r = cli(t, "", "config", "--format", "talos-patch", "--bridge", "127.0.0.1")
 	require.Equal(t, 0, r.code, r.stderr)
 	assert.Contains(t, r.stdout, fmt.Sprintf("url: http://127.0.0.1:%d", base))
@@ -250,6 +259,28 @@ func TestExportOCIDockerMediaTypes(t *testing.T) {
 	require.Len(t, idx.Manifests, 1, "exported twice, one entry: %s", b)
 	assert.NotContains(t, idx.Manifests[0], "artifactType", string(b))
 	assert.Equal(t, "application/vnd.oci.image.manifest.v1+json", idx.Manifests[0]["mediaType"])
+
+	// go-containerregistry (crane's layout reader) reads it, digests checked.
+	p, err := layout.FromPath(out)
+	require.NoError(t, err)
+	ii, err := p.ImageIndex()
+	require.NoError(t, err)
+	im, err := ii.IndexManifest()
+	require.NoError(t, err)
+	got, err := ii.Image(im.Manifests[0].Digest)
+	require.NoError(t, err)
+	layers, err := got.Layers()
+	require.NoError(t, err)
+	for _, l := range layers {
+		rc, err := l.Compressed()
+		require.NoError(t, err)
+		_, err = io.Copy(io.Discard, rc)
+		require.NoError(t, err)
+		rc.Close()
+	}
+	wantCfg, _ := img.ConfigName()
+	gotCfg, _ := got.ConfigName()
+	assert.Equal(t, wantCfg, gotCfg, "the config is the same bytes")
 
 	skopeo, err := exec.LookPath("skopeo")
 	if err != nil {
