@@ -282,6 +282,8 @@ func TestExportOCIDockerMediaTypes(t *testing.T) {
 	gotCfg, _ := got.ConfigName()
 	assert.Equal(t, wantCfg, gotCfg, "the config is the same bytes")
 
+	t.Run("ctr import", func(t *testing.T) { ctrImport(t, out, "reg.local/lib/app:v1") })
+
 	skopeo, err := exec.LookPath("skopeo")
 	if err != nil {
 		if os.Getenv("CI") == "true" {
@@ -328,4 +330,67 @@ func TestUsageErrorsNameTheFlag(t *testing.T) {
 	assert.NotContains(t, r.stdout, "--from talosctl")
 	r = cli(t, "", "prefetch", "-h")
 	assert.NotContains(t, r.stdout, "--from talosctl")
+}
+
+// ctrImport imports the layout, as a tar, with containerd's ctr into a
+// namespace of the test's own, and removes the namespace after. It needs
+// the containerd of Docker's daemon (Debian's dockerd runs one) and root.
+func ctrImport(t *testing.T, dir, ref string) {
+	const sock = "/var/run/docker/containerd/containerd.sock"
+	ctr, err := exec.LookPath("ctr")
+	if err != nil {
+		t.Skip("ctr not installed")
+	}
+	if _, err := os.Stat(sock); err != nil || os.Getuid() != 0 {
+		t.Skipf("no containerd socket at %s for this user", sock)
+	}
+	ns := fmt.Sprintf("pullthrough-test-%d", os.Getpid())
+	run := func(args ...string) (string, error) {
+		b, err := exec.Command(ctr, append([]string{"--address", sock, "-n", ns}, args...)...).CombinedOutput()
+		return string(b), err
+	}
+	t.Cleanup(func() {
+		_, _ = run("images", "rm", ref)
+		if list, err := run("content", "ls", "-q"); err == nil {
+			for _, d := range strings.Fields(list) {
+				_, _ = run("content", "rm", d)
+			}
+		}
+		_, _ = exec.Command(ctr, "--address", sock, "namespaces", "rm", ns).CombinedOutput()
+	})
+	tarball := filepath.Join(t.TempDir(), "layout.tar")
+	b, err := exec.Command("tar", "-C", dir, "-cf", tarball, ".").CombinedOutput()
+	require.NoError(t, err, string(b))
+	out, err := run("images", "import", "--no-unpack", tarball)
+	require.NoError(t, err, out)
+	out, err = run("images", "ls", "-q")
+	require.NoError(t, err, out)
+	assert.Contains(t, strings.Fields(out), ref, "ctr lists the imported image")
+}
+
+// A failed pull is said once, in the registry's terms: not the address of
+// a cache the command started for itself.
+func TestFailureSaidOnce(t *testing.T) {
+	ownRunDir(t)
+	reg := httptest.NewServer(registry.New())
+	t.Cleanup(reg.Close)
+	r := cli(t, "", "prefetch", "reg.local/lib/none:v1", "--storage", t.TempDir(), "--upstream", "reg.local="+reg.URL)
+	assert.Equal(t, 1, r.code, r.stdout+r.stderr)
+	assert.Equal(t, 1, strings.Count(r.stderr, "not found"), "the error once: %s", r.stderr)
+	assert.NotContains(t, r.stderr, "GET http://", r.stderr)
+	assert.Contains(t, r.stderr, "reg.local/lib/none", r.stderr)
+}
+
+// Caches on loopback only are printed as mirrors for no one.
+func TestLoopbackOnlyPrintsNoMirrors(t *testing.T) {
+	ownRunDir(t)
+	ups := fixtures.NewTalosUpstreams(t, "v1.13.0", fixtures.WithScale(0.001), fixtures.Unthrottled())
+	printed := startUp(t, append([]string{"--os-ports", "--loopback-only", "--storage", t.TempDir()}, upstreamFlags(ups)...)...)
+	assert.NotContains(t, printed, "--registry-mirror", "no node reaches a loopback cache")
+	r := cli(t, "", "config", "--format", "k3s", "--bridge", "10.99.0.1")
+	assert.Equal(t, 1, r.code, r.stdout+r.stderr)
+	assert.Contains(t, r.stderr, "--loopback-only")
+	assert.Empty(t, r.stdout)
+	r = cli(t, "", "config", "--format", "k3s", "--bridge", "127.0.0.1")
+	assert.Equal(t, 0, r.code, r.stdout+r.stderr)
 }
