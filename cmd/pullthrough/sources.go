@@ -64,7 +64,9 @@ func openSources(cmd *cobra.Command, f *cacheFlags, imgs []image, mode cache.Mod
 				break
 			}
 		}
-		if run != nil && mode == cache.Online {
+		// A strict cache fetches nothing: prefetch then fills its storage
+		// through caches of its own.
+		if run != nil && mode == cache.Online && run.Mode != cache.Strict.String() {
 			src.addr[h] = run.Addr
 			src.remote[run.Addr] = run.Stats
 			src.through = append(src.through, run.Addr)
