@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -55,7 +56,7 @@ func listen(ctx context.Context, u Upstream, addrs []string, fixed bool, want st
 			case owner == u.Host && identity == want:
 				return nil, &reuseError{hostPort: clash.hostPort, storage: storage}
 			case owner == u.Host:
-				return nil, fmt.Errorf("upstream %s: port %d on %s: %w by a pullthrough cache for %s with another remote or mode (%s, want %s)", u.Host, port, clash.addr, ErrPortInUse, owner, identity, want)
+				return nil, fmt.Errorf("upstream %s: port %d on %s: %w by a pullthrough cache for %s %s", u.Host, port, clash.addr, ErrPortInUse, owner, identityDiff(identity, want))
 			case owner != "":
 				return nil, fmt.Errorf("upstream %s: port %d on %s: %w by a pullthrough cache for %s", u.Host, port, clash.addr, ErrPortInUse, owner)
 			}
@@ -140,5 +141,20 @@ func waitReady(ctx context.Context, hostPort string) error {
 		case <-time.After(delay):
 		}
 		delay = min(delay*2, 200*time.Millisecond)
+	}
+}
+
+// identityDiff says in words how another cache for the same registry
+// differs from the one wanted: its upstream URL, its mode, or both.
+func identityDiff(have, want string) string {
+	hr, hm, _ := strings.Cut(have, "/")
+	wr, wm, _ := strings.Cut(want, "/")
+	switch {
+	case hr != wr && hm != wm:
+		return fmt.Sprintf("that fetches from another upstream URL and runs in %s mode (this one: %s)", hm, wm)
+	case hr != wr:
+		return "that fetches from another upstream URL"
+	default:
+		return fmt.Sprintf("that runs in %s mode (this one: %s)", hm, wm)
 	}
 }

@@ -64,6 +64,8 @@ type settings struct {
 	idle       time.Duration
 	maxConns   int
 	fleet      *FleetConfig
+	labels     map[string]string
+	onDamage   func(Damage)
 }
 
 func newSettings(opts []Option) (*settings, error) {
@@ -237,3 +239,26 @@ const (
 	DefaultStallTimeout      = engine.DefaultStallTimeout
 	DefaultTierTimeout       = engine.DefaultTierTimeout
 )
+
+// Damage is a stored blob or manifest whose bytes did not match its digest:
+// the cache removed it, and fetches it again when next asked.
+type Damage = engine.Damage
+
+// WithDamageReport calls f for every stored object a cache finds damaged
+// (besides logging it), so that a tool can name the file in its own words.
+// f must not block.
+func WithDamageReport(f func(Damage)) Option {
+	return optionFunc(func(s *settings) error { s.onDamage = f; return nil })
+}
+
+// WithLabels are kept in the set's record (Running.Labels), for tools that
+// tell their own sets apart in ListRunning.
+func WithLabels(labels map[string]string) Option {
+	return optionFunc(func(s *settings) error {
+		s.labels = map[string]string{}
+		for k, v := range labels {
+			s.labels[k] = v
+		}
+		return nil
+	})
+}

@@ -58,7 +58,7 @@ func (s *Set) record() {
 	if err != nil || os.MkdirAll(dir, 0o755) != nil {
 		return
 	}
-	r := Running{PID: os.Getpid(), Started: time.Now().UTC(), Mode: s.mode.String(), Listen: s.addrs, Root: s.root}
+	r := Running{PID: os.Getpid(), Started: time.Now().UTC(), Mode: s.mode.String(), Listen: s.addrs, Root: s.root, Labels: s.labels}
 	if s.listenAll {
 		r.Listen = []string{"0.0.0.0"}
 	}

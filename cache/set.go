@@ -31,6 +31,7 @@ type Set struct {
 	root      string
 	router    *router
 	runFile   string // this set's record for ListRunning
+	labels    map[string]string
 }
 
 // Cache is one upstream's cache in a Set.
@@ -116,7 +117,7 @@ func start(ctx context.Context, s *settings) (*Set, error) {
 			return nil, err
 		}
 	}
-	set := &Set{mode: s.mode, addrs: addrs, listenAll: s.listenAll, root: root, caches: make([]*Cache, len(s.upstreams))}
+	set := &Set{mode: s.mode, addrs: addrs, listenAll: s.listenAll, root: root, labels: s.labels, caches: make([]*Cache, len(s.upstreams))}
 	set.router = &router{set: set}
 	g, gctx := errgroup.WithContext(ctx)
 	for i, u := range s.upstreams {
@@ -219,6 +220,7 @@ func startCache(ctx context.Context, s *settings, set *Set, u Upstream, addrs []
 		Access:            c.access,
 		Fleet:             fl,
 		Logger:            c.logger,
+		OnDamage:          s.onDamage,
 	})
 	if err != nil {
 		closeListeners(lns)

@@ -155,7 +155,7 @@ func (u Upstream) validate() (*url.URL, error) {
 		return nil, fmt.Errorf("upstream %s: URL %q: want http:// or https:// and a host, such as https://%s", u.Host, redactURL(u.URL), u.Host)
 	}
 	if r.User != nil {
-		return nil, fmt.Errorf("upstream %s: URL %s carries credentials: give them as the upstream's Credentials (the command's --credential-helper), never in the URL", u.Host, redactURL(u.URL))
+		return nil, fmt.Errorf("upstream %s: URL %s carries credentials: give them apart from the URL (a credential helper), never in it", u.Host, redactURL(u.URL))
 	}
 	return r, nil
 }

@@ -8,7 +8,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"time"
 
@@ -85,16 +84,10 @@ func checkListen(ip string) error {
 // startError adds what a person can do about a port already taken.
 func startError(err error) error {
 	if errors.Is(err, cache.ErrPortInUse) {
-		// The engine names a clash by identity hashes; a person needs words.
-		msg := identityRE.ReplaceAllString(err.Error(), "(another upstream URL or --mode)")
-		return fmt.Errorf("%s\n(--ports-from N or --os-ports picks other ports; `pullthrough status` lists the caches running on this host, with their ports and storage)", msg)
+		return fmt.Errorf("%w\n(--ports-from N or --os-ports picks other ports; `pullthrough status` lists the caches running on this host, with their ports and storage)", err)
 	}
 	return err
 }
-
-// identityRE is a cache identity pair as the engine prints a port clash:
-// "(29802d797042/online, want 2956a18c7900/online)".
-var identityRE = regexp.MustCompile(`\([0-9a-f]{6,}/[a-z]+, want [0-9a-f]{6,}/[a-z]+\)`)
 
 // list returns the upstreams: the flags', with the guide's ports for the
 // hosts it knows, or the defaults.

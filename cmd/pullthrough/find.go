@@ -59,7 +59,7 @@ func findRunning(cmd *cobra.Command, f *cacheFlags) ([]running, error) {
 	}
 	recs, _ := cache.ListRunning() // a record dir that cannot be read costs only discovery
 	for _, rec := range recs {
-		if rec.PID == os.Getpid() || transient(rec.PID) {
+		if rec.PID == os.Getpid() || rec.Labels[labelRole] == roleTransient {
 			continue
 		}
 		for _, c := range rec.Caches {
@@ -100,21 +100,12 @@ func findRunning(cmd *cobra.Command, f *cacheFlags) ([]running, error) {
 	return keep, nil
 }
 
-// transient says the process is one of this command's own that starts
-// caches for a moment (prefetch, verify, export): a cache it started goes
-// away with it. cache.Running has Labels for this, but no option sets them
-// yet; the command line is the next best witness.
-func transient(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
-	if err != nil {
-		return false
-	}
-	args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
-	if len(args) < 2 || filepath.Base(args[0]) != "pullthrough" {
-		return false
-	}
-	return slices.Contains([]string{"prefetch", "verify", "export"}, args[1])
-}
+// The label the command's own short-lived sets (prefetch, verify, export)
+// carry in their record: a cache such a set started goes away with it.
+const (
+	labelRole     = "pullthrough.role"
+	roleTransient = "transient"
+)
 
 // loopbackAddr is where this host reaches a cache listening on addrs.
 func loopbackAddr(addrs []string, port int) string {

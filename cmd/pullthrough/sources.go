@@ -100,7 +100,8 @@ func openSources(cmd *cobra.Command, f *cacheFlags, imgs []image, mode cache.Mod
 	for _, root := range roots {
 		startCtx, cancel := context.WithTimeout(cmd.Context(), time.Minute)
 		set, err := cache.Start(startCtx, cache.WithUpstreams(byRoot[root]...), cache.WithStorageDir(root),
-			cache.WithListenAddrs("127.0.0.1"), cache.WithMode(mode), cache.WithLogger(slog.New(src.log)))
+			cache.WithListenAddrs("127.0.0.1"), cache.WithMode(mode), cache.WithLogger(slog.New(src.log)),
+			cache.WithDamageReport(src.log.note), cache.WithLabels(map[string]string{labelRole: roleTransient}))
 		cancel()
 		if err != nil {
 			src.Close()
@@ -169,10 +170,10 @@ func (s *sources) clean(err error, img image) error {
 	return errors.New(msg)
 }
 
-// damageLog is the logger of the command's own caches: it collects the
-// stored files the engine found damaged, to be named in the command's own
-// words, and passes other records on only with --verbose, so that no raw
-// log line lands in the command's output.
+// damageLog is the logger of the command's own caches: it passes records on
+// only with --verbose, so that no raw log line lands in the command's
+// output, and keeps the stored files the caches report damaged, to be named
+// in the command's own words.
 type damageLog struct {
 	next    slog.Handler
 	verbose bool
@@ -193,23 +194,19 @@ func (d *damageLog) Enabled(ctx context.Context, l slog.Level) bool {
 }
 
 func (d *damageLog) Handle(ctx context.Context, r slog.Record) error {
-	if strings.Contains(r.Message, "damaged") {
-		r.Attrs(func(a slog.Attr) bool {
-			if a.Key == "file" {
-				d.shared.mu.Lock()
-				if !slices.Contains(d.shared.list, a.Value.String()) {
-					d.shared.list = append(d.shared.list, a.Value.String())
-				}
-				d.shared.mu.Unlock()
-				return false
-			}
-			return true
-		})
-	}
 	if d.verbose {
 		return d.next.Handle(ctx, r)
 	}
 	return nil
+}
+
+// note is the caches' damage report (cache.WithDamageReport).
+func (d *damageLog) note(dmg cache.Damage) {
+	d.shared.mu.Lock()
+	defer d.shared.mu.Unlock()
+	if !slices.Contains(d.shared.list, dmg.File) {
+		d.shared.list = append(d.shared.list, dmg.File)
+	}
 }
 
 func (d *damageLog) WithAttrs(as []slog.Attr) slog.Handler {

@@ -75,6 +75,9 @@ type Config struct {
 	Auth   authn.Authenticator // nil: anonymous
 	Access *AccessPolicy       // nil: everyone
 	Logger *slog.Logger        // nil: silent
+	// OnDamage, when set, hears of every stored object found damaged (and
+	// removed, to be fetched again), besides the log.
+	OnDamage func(Damage)
 }
 
 // Defaults for Config's durations.

@@ -73,6 +73,7 @@ func (c *Cache) storedManifest(d digest.Digest) (mediaType string, payload []byt
 		c.log.Warn("a stored manifest's bytes do not match its digest (damaged on disk); removed, to be fetched again", "digest", d, "file", c.store.blobPath(d))
 		_ = c.store.removeBlob(d)
 		c.stats.rotten.Add(1)
+		c.damaged(Damage{Host: c.cfg.Host, Kind: "manifest", Digest: d, File: c.store.blobPath(d)})
 		return "", nil, false
 	case err != nil:
 		return "", nil, false

@@ -79,6 +79,22 @@ func (c *Cache) rotten(d digest.Digest, got digest.Digest) {
 	c.verified.forget(path)
 	_ = c.store.removeBlob(d)
 	c.stats.rotten.Add(1)
+	c.damaged(Damage{Host: c.cfg.Host, Kind: "blob", Digest: d, File: path})
+}
+
+// Damage is a stored object whose bytes did not match its digest: removed,
+// to be fetched again.
+type Damage struct {
+	Host   string        // the registry the cache is for
+	Kind   string        // "blob" or "manifest"
+	Digest digest.Digest // what it should have been
+	File   string        // where it was stored
+}
+
+func (c *Cache) damaged(d Damage) {
+	if c.cfg.OnDamage != nil {
+		c.cfg.OnDamage(d)
+	}
 }
 
 // copyVerified sends size bytes of f, hashing them, and sends the last byte
