@@ -9,6 +9,7 @@ import "github.com/pullthrough/pullthrough/internal/engine"
 // its storage directory.
 const (
 	StatsPath      = engine.StatsPath   // GET: Stats as JSON
+	ClientsPath    = engine.ClientsPath // GET: Stats per client address as JSON
 	MetricsPath    = engine.MetricsPath // GET: counters in Prometheus's text format
 	HeaderUpstream = engine.HeaderUpstream
 	HeaderIdentity = engine.HeaderIdentity

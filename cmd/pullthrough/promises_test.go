@@ -215,6 +215,11 @@ func TestCommandsFindWhatRuns(t *testing.T) {
 	r = cli(t, "", "prefetch", "--talos", "v1.13.0")
 	require.Equal(t, 0, r.code, r.stdout+r.stderr)
 	assert.Contains(t, r.stdout, "through the running caches")
+	// Which client pulled what: prefetch pulled from loopback.
+	r = cli(t, "", "status", "--clients")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Contains(t, r.stdout, "CLIENT")
+	assert.Regexp(t, `registry\.k8s\.io\s+127\.0\.0\.1:\d+\s+127\.0\.0\.1\s+[1-9]\d*\s`, r.stdout, "per-client lines")
 	for _, args := range [][]string{{"verify", "--talos", "v1.13.0"}, {"export", "--oci", t.TempDir(), "--talos", "v1.13.0"}} {
 		r = cli(t, "", args...)
 		require.Equal(t, 0, r.code, "%v: %s", args, r.stdout+r.stderr)

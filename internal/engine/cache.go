@@ -103,6 +103,11 @@ const (
 // StatsPath answers GET with a cache's Stats as JSON.
 const StatsPath = "/_pullthrough/stats"
 
+// ClientsPath answers GET with a cache's Clients as JSON: the counters of
+// each client address, for `pullthrough status --clients`. Only admitted
+// clients reach it, as every path.
+const ClientsPath = "/_pullthrough/clients"
+
 // Cache is one running pull-through cache, an http.Handler.
 type Cache struct {
 	cfg      Config
@@ -250,6 +255,11 @@ func (c *Cache) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path == StatsPath {
 		h.Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(c.Stats())
+		return
+	}
+	if r.URL.Path == ClientsPath {
+		h.Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(c.Clients())
 		return
 	}
 	rt := parseRoute(r.URL.Path)
