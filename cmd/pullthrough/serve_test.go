@@ -124,13 +124,15 @@ type instance struct {
 	addr string
 }
 
-// startServe starts one `pullthrough serve` process of the fleet.
-func startServe(t *testing.T, o *origin, redisAddr, s3Addr string, claimTTL string) *instance {
+// startServe starts one `pullthrough serve` process of the fleet, with
+// extra flags after the fleet's own.
+func startServe(t *testing.T, o *origin, redisAddr, s3Addr string, claimTTL string, extra ...string) *instance {
 	t.Helper()
 	port := freeBase(t, 1)
-	cmd := exec.Command(binary, "serve", "--upstream", "registry.test="+o.URL, "--ports-from", fmt.Sprint(port),
-		"--storage", t.TempDir(), "--s3-endpoint", "http://"+s3Addr, "--s3-bucket", fleettest.Bucket,
-		"--redis", "redis://"+redisAddr, "--advertise", "127.0.0.1", "--listen", "127.0.0.1", "--claim-ttl", claimTTL)
+	args := append([]string{"serve", "--upstream", "registry.test=" + o.URL, "--ports-from", fmt.Sprint(port),
+		"--storage", t.TempDir(), "--s3-endpoint", "http://" + s3Addr, "--s3-bucket", fleettest.Bucket,
+		"--redis", "redis://" + redisAddr, "--advertise", "127.0.0.1", "--listen", "127.0.0.1", "--claim-ttl", claimTTL}, extra...)
+	cmd := exec.Command(binary, args...)
 	cmd.Env = append(cmd.Environ(), "AWS_ACCESS_KEY_ID="+fleettest.AccessKey, "AWS_SECRET_ACCESS_KEY="+fleettest.SecretKey)
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
