@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+	"sync/atomic"
 )
 
 // HeaderNamespace is the distribution spec's answer of a proxy to a request
@@ -18,7 +19,21 @@ const HeaderNamespace = "OCI-Namespace"
 // (/v2/docker.io/library/alpine/…, for clients that send no ns: the Docker
 // daemon, older skopeo), else the cache of the port it came in on. Every
 // port is thus one endpoint for every registry of the set.
-type router struct{ set *Set }
+type router struct {
+	set *Set
+	// hosts is every cache of the set by registry host, once all started:
+	// until then a request goes to the port's own cache.
+	hosts atomic.Pointer[map[string]*Cache]
+}
+
+// ready makes every cache of the set reachable from every port.
+func (r *router) ready() {
+	m := map[string]*Cache{}
+	for _, c := range r.set.caches {
+		m[c.up.Host] = c
+	}
+	r.hosts.Store(&m)
+}
 
 func (r *router) forPort(own *Cache) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) { r.serve(w, req, own) })
@@ -30,16 +45,20 @@ var aliases = map[string]string{
 	"registry-1.docker.io": "docker.io",
 }
 
-func (r *router) byHost(host string) *Cache {
+// byHost is the cache for a registry host, nil when the set has none;
+// while the set starts, own stands for all.
+func (r *router) byHost(host string, own *Cache) *Cache {
 	if a, ok := aliases[host]; ok {
 		host = a
 	}
-	for _, c := range r.set.caches {
-		if c != nil && c.up.Host == host {
-			return c
+	m := r.hosts.Load()
+	if m == nil {
+		if own.up.Host == host {
+			return own
 		}
+		return nil
 	}
-	return nil
+	return (*m)[host]
 }
 
 func (r *router) serve(w http.ResponseWriter, req *http.Request, own *Cache) {
@@ -50,9 +69,9 @@ func (r *router) serve(w http.ResponseWriter, req *http.Request, own *Cache) {
 	}
 	if q := req.URL.Query(); q.Has("ns") {
 		ns := q.Get("ns")
-		target = r.byHost(strings.ToLower(ns))
+		target = r.byHost(strings.ToLower(ns), own)
 		if target == nil {
-			r.refuse(w, ns)
+			r.refuse(w, ns, own)
 			return
 		}
 		// Never forwarded: the engine builds its upstream requests from the
@@ -62,7 +81,7 @@ func (r *router) serve(w http.ResponseWriter, req *http.Request, own *Cache) {
 		req.URL.RawQuery = q.Encode()
 	} else if rest, ok := strings.CutPrefix(req.URL.Path, "/v2/"); ok {
 		if first, tail, ok := strings.Cut(rest, "/"); ok && strings.ContainsAny(first, ".:") {
-			if c := r.byHost(first); c != nil {
+			if c := r.byHost(first, own); c != nil {
 				target = c
 				req.URL.Path = "/v2/" + tail
 				req.URL.RawPath = ""
@@ -77,12 +96,15 @@ func (r *router) serve(w http.ResponseWriter, req *http.Request, own *Cache) {
 
 // refuse answers a request for a registry the set does not cache, without
 // any upstream request: a cache must not fetch from wherever a client says.
-func (r *router) refuse(w http.ResponseWriter, ns string) {
+func (r *router) refuse(w http.ResponseWriter, ns string, own *Cache) {
 	var hosts []string
-	for _, c := range r.set.caches {
-		if c != nil {
-			hosts = append(hosts, c.up.Host)
+	if m := r.hosts.Load(); m != nil {
+		for h := range *m {
+			hosts = append(hosts, h)
 		}
+	}
+	if len(hosts) == 0 {
+		hosts = []string{own.up.Host}
 	}
 	sort.Strings(hosts)
 	if len(ns) > 80 {

@@ -134,6 +134,7 @@ func start(ctx context.Context, s *settings) (*Set, error) {
 		set.Close()
 		return nil, err
 	}
+	set.router.ready()
 	set.record()
 	return set, nil
 }
