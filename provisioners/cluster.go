@@ -41,6 +41,7 @@ type Cluster struct {
 	readiness  Readiness
 	caches     *cache.Set
 	clientBase map[string]cache.Stats
+	box        *CacheBox
 
 	mu        sync.Mutex
 	timings   Timings
@@ -86,7 +87,15 @@ func create(ctx context.Context, spec Spec, o *settings) (*Cluster, error) {
 		plan.close()
 		return nil, err
 	}
+	if o.inNet != nil {
+		if c.box, err = startCacheBox(ctx, plan, o.inNet, log); err != nil {
+			_ = removeLeftovers(context.WithoutCancel(ctx), plan, log)
+			plan.close()
+			return nil, err
+		}
+	}
 	if err := checkReach(ctx, plan, log); err != nil {
+		_ = removeLeftovers(context.WithoutCancel(ctx), plan, log)
 		plan.close()
 		return nil, err
 	}
@@ -167,6 +176,9 @@ func (c *Cluster) Wait(ctx context.Context) error {
 	}
 	return nil
 }
+
+// CacheBox is the container of WithInNetworkCaches, or nil.
+func (c *Cluster) CacheBox() *CacheBox { return c.box }
 
 // Destroy removes the nodes, the network and the state directory. It is safe
 // to call twice.

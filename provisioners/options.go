@@ -13,6 +13,7 @@ type settings struct {
 	caches       *cache.Set
 	mirrors      map[string]string
 	single       bool
+	inNet        *InNetwork
 	skipFallback bool
 	bridge       string
 	logger       *slog.Logger

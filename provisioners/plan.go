@@ -3,6 +3,7 @@ package provisioners
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -34,6 +35,9 @@ type Plan struct {
 	Configs clusterops.ClusterConfigs
 
 	prov provision.Provisioner
+	// The in-network caches' container address and ports, when asked for.
+	boxAddr  netip.Addr
+	boxPorts map[string]int
 }
 
 // Configure builds the cluster request and configs for a spec, through
@@ -98,6 +102,21 @@ func configure(ctx context.Context, spec Spec, o *settings) (*Plan, error) {
 			}
 		}
 		skipFallback = skipFallback || o.caches.Mode() == cache.Strict
+	}
+	if o.inNet != nil {
+		if o.caches != nil {
+			return nil, fmt.Errorf("cluster %q: WithInNetworkCaches and WithCaches: want one of them", spec.Name)
+		}
+		addr, ports, mirrors, hs, err := inNetPlan(spec, o.inNet, o.single)
+		if err != nil {
+			return nil, err
+		}
+		p.boxAddr, p.boxPorts = addr, ports
+		for h, u := range mirrors {
+			p.Mirrors[h] = u
+		}
+		hosts = append(hosts, hs...)
+		skipFallback = skipFallback || o.inNet.Mode == cache.Strict
 	}
 	extra := make([]string, 0, len(o.mirrors))
 	for h, u := range o.mirrors {

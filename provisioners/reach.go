@@ -32,6 +32,33 @@ const probePackage = "github.com/pullthrough/pullthrough/internal/tools/mirrorpr
 
 const labelProbe = "pullthrough.probe"
 
+// ensureNetwork makes the cluster's network as Talos's docker provisioner
+// makes it (name, labels, CIDR, MTU), which the provisioner then reuses; one
+// that exists already is kept.
+func ensureNetwork(ctx context.Context, cli *client.Client, p *Plan) error {
+	req := p.Configs.ClusterRequest
+	// By label, as Talos looks for it: Docker 20.10 does not keep network
+	// names unique, so a second create would be a second network.
+	nets, err := cli.NetworkList(ctx, client.NetworkListOptions{Filters: make(client.Filters).Add("label", labelCluster+"="+p.Spec.Name)})
+	if err != nil {
+		return fmt.Errorf("cluster %q: listing its networks: %w", p.Spec.Name, err)
+	}
+	if len(nets.Items) > 0 {
+		return nil
+	}
+	opts := client.NetworkCreateOptions{
+		Labels: map[string]string{"talos.owned": "true", labelCluster: p.Spec.Name},
+		IPAM:   &network.IPAM{Config: []network.IPAMConfig{{Subnet: req.Network.CIDRs[0]}}},
+		Options: map[string]string{
+			"com.docker.network.driver.mtu": strconv.Itoa(req.Network.MTU),
+		},
+	}
+	if _, err := cli.NetworkCreate(ctx, p.Spec.Name, opts); err != nil && !cerrdefs.IsConflict(err) {
+		return fmt.Errorf("cluster %q: creating its network: %w", p.Spec.Name, err)
+	}
+	return nil
+}
+
 // checkReach asks every mirror for GET /v2/ from the cluster's own Docker
 // network before any node exists, so that a cluster is never created behind
 // a mirror its nodes cannot reach. The network is made as Talos's docker
@@ -48,18 +75,14 @@ func checkReach(ctx context.Context, p *Plan, log io.Writer) (err error) {
 	defer cli.Close()
 	name := p.Spec.Name
 	req := p.Configs.ClusterRequest
-	opts := client.NetworkCreateOptions{
-		Labels: map[string]string{"talos.owned": "true", labelCluster: name},
-		IPAM:   &network.IPAM{Config: []network.IPAMConfig{{Subnet: req.Network.CIDRs[0]}}},
-		Options: map[string]string{
-			"com.docker.network.driver.mtu": strconv.Itoa(req.Network.MTU),
-		},
-	}
-	if _, nerr := cli.NetworkCreate(ctx, name, opts); nerr != nil && !cerrdefs.IsConflict(nerr) {
-		return fmt.Errorf("cluster %q: creating its network to check the mirrors from: %w", name, nerr)
+	if err := ensureNetwork(ctx, cli, p); err != nil {
+		return err
 	}
 	defer func() {
 		if err != nil {
+			// Nodes will not be made: the network (and in-network caches
+			// on it) go, by label.
+			_ = dockerenv.RemoveContainersByLabel(context.WithoutCancel(ctx), cli, labelCluster, name)
 			_ = dockerenv.RemoveNetworksByLabel(context.WithoutCancel(ctx), cli, labelCluster, name)
 		}
 	}()
