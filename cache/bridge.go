@@ -45,3 +45,19 @@ func GatewayIP(cidr string) (string, error) {
 	}
 	return p.Masked().Addr().Next().String(), nil
 }
+
+// InNetworkAddr is the address a cache container takes on a cluster's
+// network: the IPv4 CIDR's last address before the broadcast, far from the
+// nodes, which Talos numbers from the gateway up (10.5.0.254 for
+// 10.5.0.0/24).
+func InNetworkAddr(cidr string) (netip.Addr, error) {
+	p, err := netip.ParsePrefix(cidr)
+	if err != nil || !p.Addr().Is4() || p.Bits() > 28 {
+		return netip.Addr{}, fmt.Errorf("cluster CIDR %q: want an IPv4 network of /28 or more, for nodes and a cache container", cidr)
+	}
+	b := p.Masked().Addr().As4()
+	host := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+	host |= 1<<(32-p.Bits()) - 1
+	host--
+	return netip.AddrFrom4([4]byte{byte(host >> 24), byte(host >> 16), byte(host >> 8), byte(host)}), nil
+}

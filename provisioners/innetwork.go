@@ -73,17 +73,9 @@ func inNetPlan(spec Spec, n *InNetwork, single bool) (addr netip.Addr, ports map
 	if len(n.Upstreams) == 0 {
 		return addr, nil, nil, nil, fmt.Errorf("cluster %q: in-network caches: no upstreams", spec.Name)
 	}
-	p, err := netip.ParsePrefix(spec.CIDR)
-	if err != nil || !p.Addr().Is4() || p.Bits() > 28 {
-		return addr, nil, nil, nil, fmt.Errorf("cluster %q: CIDR %q: want an IPv4 network of /28 or more for nodes and the caches' container", spec.Name, spec.CIDR)
+	if addr, err = cache.InNetworkAddr(spec.CIDR); err != nil {
+		return addr, nil, nil, nil, fmt.Errorf("cluster %q: %w", spec.Name, err)
 	}
-	// The last address before the broadcast: far from the nodes, which
-	// Talos numbers from .2 up.
-	b := p.Masked().Addr().As4()
-	host := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
-	host |= (1<<(32-p.Bits()) - 1)
-	host -= 1
-	addr = netip.AddrFrom4([4]byte{byte(host >> 24), byte(host >> 16), byte(host >> 8), byte(host)})
 	ports, mirrors = map[string]int{}, map[string]string{}
 	for i, u := range n.Upstreams {
 		port := u.Port

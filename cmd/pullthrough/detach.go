@@ -1,17 +1,20 @@
 package main
 
 import (
+	"context"
 	"crypto/sha256"
 	"debug/elf"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/client"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -33,7 +36,14 @@ const (
 // this very binary FROM scratch (nothing pulled), on the host's network, with
 // the guide's restart policy, so the caches come back with the Docker daemon
 // and after a reboot. Storage is the host directory, bound at the same path.
-func detach(cmd *cobra.Command, name, root string) error {
+//
+// With network, the container runs on that Docker network instead, at the
+// subnet's last address (see cache.InNetworkAddr), admitting every client:
+// it publishes no port, so only that network reaches it. A network that
+// does not exist is made as Talos's docker provisioner makes a cluster's
+// (its labels, --cidr), so `talosctl cluster create docker --name NETWORK
+// --cidr CIDR` reuses it.
+func detach(cmd *cobra.Command, name, root, netName, cidr string) error {
 	ctx := cmd.Context()
 	out := cmd.OutOrStdout()
 	cli, err := dockerenv.Client(ctx)
@@ -67,6 +77,22 @@ func detach(cmd *cobra.Command, name, root string) error {
 		return fmt.Errorf("creating storage %s: %w", root, err)
 	}
 	args := append([]string{"up", "--storage", root}, forwardedFlags(cmd)...)
+	mode := container.NetworkMode("host")
+	var netCfg *network.NetworkingConfig
+	var addr netip.Addr
+	if netName != "" {
+		if addr, err = cache.InNetworkAddr(cidr); err != nil {
+			return usagef("--cidr %q: %v", cidr, err)
+		}
+		if err := ensureClusterNetwork(ctx, cli, netName, cidr); err != nil {
+			return err
+		}
+		mode = container.NetworkMode(netName)
+		netCfg = &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{
+			netName: {IPAMConfig: &network.EndpointIPAMConfig{IPv4Address: addr}},
+		}}
+		args = append(args, "--open", "--bridge", addr.String())
+	}
 	created, err := cli.ContainerCreate(ctx, client.ContainerCreateOptions{
 		Name: name,
 		Config: &container.Config{
@@ -76,10 +102,11 @@ func detach(cmd *cobra.Command, name, root string) error {
 			Labels: map[string]string{labelManaged: "true", labelStorage: root},
 		},
 		HostConfig: &container.HostConfig{
-			NetworkMode:   "host",
+			NetworkMode:   mode,
 			Binds:         []string{root + ":" + root},
 			RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyAlways},
 		},
+		NetworkingConfig: netCfg,
 	})
 	if err != nil {
 		return fmt.Errorf("creating container %q: %w", name, err)
@@ -94,6 +121,10 @@ func detach(cmd *cobra.Command, name, root string) error {
 		logs, _ := dockerenv.ContainerLogs(ctx, cli, created.ID)
 		if strings.Contains(logs, "# Talos config patches") {
 			fmt.Fprint(out, logs)
+			if netName != "" {
+				fmt.Fprintf(out, "# the caches run on Docker network %q at %s; a cluster on that network: talosctl cluster create docker --name %s --cidr %s with the mirror lines above\n",
+					netName, addr, netName, cidr)
+			}
 			fmt.Fprintf(out, "# running detached as container %q (restart: always); `pullthrough down%s` stops it, keeping %s (`pullthrough down%s --purge` also removes what it stored)\n",
 				name, nameFlag(name), root, nameFlag(name))
 			return nil
@@ -111,7 +142,7 @@ func forwardedFlags(cmd *cobra.Command) []string {
 	var out []string
 	cmd.Flags().Visit(func(f *pflag.Flag) {
 		switch f.Name {
-		case "detach", "name", "storage":
+		case "detach", "name", "storage", "network", "open", "bridge":
 			return
 		}
 		if sv, ok := f.Value.(pflag.SliceValue); ok {
@@ -209,4 +240,25 @@ func shellQuote(s string) string {
 		return s
 	}
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// ensureClusterNetwork makes network as Talos's docker provisioner makes a
+// cluster's, when no network of that name exists; one that does is used as
+// it is (its subnet must hold cidr's last address).
+func ensureClusterNetwork(ctx context.Context, cli *client.Client, name, cidr string) error {
+	if _, err := cli.NetworkInspect(ctx, name, client.NetworkInspectOptions{}); err == nil {
+		return nil
+	}
+	prefix, err := netip.ParsePrefix(cidr)
+	if err != nil {
+		return usagef("--cidr %q: want a network such as 10.5.0.0/24", cidr)
+	}
+	_, err = cli.NetworkCreate(ctx, name, client.NetworkCreateOptions{
+		Labels: map[string]string{"talos.owned": "true", "talos.cluster.name": name},
+		IPAM:   &network.IPAM{Config: []network.IPAMConfig{{Subnet: prefix.Masked()}}},
+	})
+	if err != nil {
+		return fmt.Errorf("creating Docker network %q (%s) for the caches: %w", name, cidr, err)
+	}
+	return nil
 }

@@ -15,8 +15,8 @@ import (
 
 func newUp() *cobra.Command {
 	var f cacheFlags
-	var osPorts, loopbackOnly bool
-	var bridge, cidr, mode, name string
+	var osPorts, loopbackOnly, open bool
+	var bridge, cidr, mode, name, network string
 	var detached bool
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -42,11 +42,14 @@ provisioners, serves until SIGINT or SIGTERM, then prints what each cache did.`,
 			if err != nil {
 				return err
 			}
+			if network != "" && !detached {
+				return usagef("--network %q: only with --detach (the caches then run in a container on that Docker network)", network)
+			}
 			if detached {
 				if osPorts {
 					return usagef("--detach with --os-ports: a detached cache needs ports known in advance")
 				}
-				return detach(cmd, name, root)
+				return detach(cmd, name, root, network, cidr)
 			}
 			opts, err := f.options(cmd, m)
 			if err != nil {
@@ -54,6 +57,9 @@ provisioners, serves until SIGINT or SIGTERM, then prints what each cache did.`,
 			}
 			if !osPorts {
 				opts = append(opts, cache.WithFixedPorts())
+			}
+			if open {
+				opts = append(opts, cache.WithOpenAccess())
 			}
 			bridgeFrom := "--bridge"
 			if bridge == "" {
@@ -122,6 +128,8 @@ provisioners, serves until SIGINT or SIGTERM, then prints what each cache did.`,
 	cmd.Flags().StringVar(&mode, "mode", "online", "online, offline or strict")
 	cmd.Flags().BoolVarP(&detached, "detach", "d", false, "run in a container of this project's own image that restarts with Docker, as the guide's docker run --restart always does")
 	cmd.Flags().StringVar(&name, "name", defaultContainerName, "name of the detached container")
+	cmd.Flags().StringVar(&network, "network", "", "with --detach: run the container on this Docker network (a cluster's, made with Talos's labels and --cidr when missing) at the subnet's last address, for nodes that cannot reach this host (rootless Docker, Docker Desktop, a remote daemon)")
+	cmd.Flags().BoolVar(&open, "open", false, "admit clients from any address (default: loopback, this host's addresses and local bridges)")
 	return cmd
 }
 

@@ -1,0 +1,64 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/client"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pullthrough/pullthrough/internal/dockerenv"
+)
+
+// up --detach --network: the caches run on a cluster's own Docker network,
+// and a container on that network reaches them at the subnet's last
+// address (what nodes that cannot reach this host use).
+func TestDetachedOnAClusterNetworkAnswersThere(t *testing.T) {
+	cli := dockerenv.Require(t)
+	ctx := t.Context()
+	_, _, name, _, withPorts := detachWorld(t, cli, "pullthrough-net")
+	netName := fmt.Sprintf("pt-detnet-%d", os.Getpid())
+	cidr := fmt.Sprintf("10.86.%d.0/24", os.Getpid()%250)
+	t.Cleanup(func() {
+		_, _ = cli.ContainerRemove(context.Background(), name, client.ContainerRemoveOptions{Force: true})
+		_, _ = cli.NetworkRemove(context.Background(), netName, client.NetworkRemoveOptions{})
+	})
+	r := cli2(t, append([]string{"up", "--detach", "--name", name, "--network", netName, "--cidr", cidr}, withPorts...)...)
+	require.Equal(t, 0, r.code, r.stdout+r.stderr)
+	addr := strings.TrimSuffix(cidr, "0/24") + "254"
+	base := withPorts[1]
+	assert.Contains(t, r.stdout, fmt.Sprintf("'*=http://%s:%s'", addr, base), "the one-line mirror at the container's address")
+	assert.Contains(t, r.stdout, "talosctl cluster create docker --name "+netName)
+
+	// From a container on that network, as a node would ask.
+	bin, err := dockerenv.GoBinary(ctx, cli, "", "github.com/pullthrough/pullthrough/internal/tools/mirrorprobe", nil)
+	require.NoError(t, err)
+	sum := sha256.Sum256(bin)
+	tag := "pullthrough.local/mirror-probe:" + hex.EncodeToString(sum[:6])
+	require.NoError(t, dockerenv.BuildBinaryImage(ctx, cli, bin, dockerenv.BuildOptions{Tag: tag, Binary: "mirrorprobe"}, nil))
+	created, err := cli.ContainerCreate(ctx, client.ContainerCreateOptions{
+		Config:     &container.Config{Image: tag, Cmd: []string{"x=http://" + addr + ":" + base}},
+		HostConfig: &container.HostConfig{NetworkMode: container.NetworkMode(netName)},
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		_, _ = cli.ContainerRemove(context.Background(), created.ID, client.ContainerRemoveOptions{Force: true})
+	})
+	_, err = cli.ContainerStart(ctx, created.ID, client.ContainerStartOptions{})
+	require.NoError(t, err)
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	code, err := dockerenv.WaitExit(wctx, cli, created.ID)
+	require.NoError(t, err)
+	logs, _ := dockerenv.ContainerLogs(ctx, cli, created.ID)
+	assert.Zero(t, code, logs)
+	assert.Contains(t, logs, "ok x ", "the caches answer /v2/ on the cluster's network")
+}
