@@ -8,6 +8,8 @@ package fleettest
 import (
 	"context"
 	"fmt"
+	"io"
+	"math/rand"
 	"net"
 	"net/http"
 	"os"
@@ -58,12 +60,22 @@ func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
 func freePort(tb testing.TB) int {
 	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
+	// Below the kernel's ephemeral range, where no port the OS picks for
+	// others (listeners on :0, outgoing connections) can take it before
+	// the child binds it.
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		fmt.Sscan(string(b), &low)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	for range 50 {
+		port := 10000 + rand.Intn(max(low-10000, 1000))
+		if l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port)); err == nil {
+			l.Close()
+			return port
+		}
+	}
+	tb.Fatal("no free port below the ephemeral range")
+	return 0
 }
 
 // Server is a process the test started.
@@ -106,11 +118,19 @@ func Redis(tb testing.TB) *Server {
 	port := freePort(tb)
 	addr := "127.0.0.1:" + strconv.Itoa(port)
 	return start(tb, addr, func() bool {
+		// A Redis answering PING, not any listener that holds the port.
 		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
-		if err == nil {
-			c.Close()
+		if err != nil {
+			return false
 		}
-		return err == nil
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(time.Second))
+		if _, err := c.Write([]byte("PING\r\n")); err != nil {
+			return false
+		}
+		buf := make([]byte, 7)
+		n, _ := io.ReadFull(c, buf)
+		return string(buf[:n]) == "+PONG\r\n"
 	}, bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", tb.TempDir())
 }
 
