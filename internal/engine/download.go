@@ -101,9 +101,11 @@ func (f *fill) download(lock *fileLock) (err error) {
 			resumes++
 			c.log.Warn("a fleet source broke off; resuming from the next", "digest", f.dgst, "bytes", n, "error", rerr)
 			src.close()
-			if src, err = f.open(ctx); err != nil {
-				return err
+			next, err := f.open(ctx)
+			if err != nil {
+				return err // the deferred close of the old source is a no-op now
 			}
+			src = next
 			if (size >= 0 && src.size >= 0 && src.size != size) || !samePrefixFrom(src.body, r, n) {
 				return fmt.Errorf("blob %s: the next source does not match what was already received: not stored", f.dgst)
 			}
@@ -182,10 +184,12 @@ func (s *source) moving() { s.stall.Reset(s.timeout) }
 
 func (s *source) stalled() bool { return errors.Is(context.Cause(s.ctx), errStalled) }
 
+// close ends the source; a second call does nothing.
 func (s *source) close() {
 	s.stall.Stop()
 	if s.body != nil {
 		drain(s.body)
+		s.body = nil
 	}
 	s.cancel(nil)
 }
