@@ -11,7 +11,6 @@ import (
 var (
 	knobs     benchKnobs
 	reportDir string
-	boots     bootReport
 )
 
 func TestMain(m *testing.M) {

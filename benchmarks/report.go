@@ -25,6 +25,9 @@ type bootRecord struct {
 	UpstreamMB                      float64
 }
 
+// boots are the boots of this run, for -pullthrough.report.
+var boots bootReport
+
 // bootReport collects boots while BenchmarkBoot runs.
 type bootReport struct {
 	mu      sync.Mutex
