@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"os"
+	"syscall"
 	"testing"
 	"time"
 
@@ -57,9 +58,39 @@ func (e *benchEnv) Boot(ctx context.Context, set *cache.Set, spec provisioners.S
 	return e.BootFor(ctx, "", set, spec, log)
 }
 
+// BootNodes is Boot, also returning each node's own pull time (seconds).
+func (e *benchEnv) BootNodes(ctx context.Context, set *cache.Set, spec provisioners.Spec, log *slog.Logger) (result, []float64, error) {
+	var pulls []float64
+	r, err := e.boot(ctx, "", set, spec, log, func(c *provisioners.Cluster, ready *fixtures.StandinReadiness) {
+		if ready == nil {
+			return
+		}
+		for _, n := range c.Nodes() {
+			if nr, ok := ready.NodeReport(n.Name); ok {
+				pulls = append(pulls, nr.Seconds)
+			}
+		}
+	})
+	return r, pulls, err
+}
+
+// cpuSeconds is the CPU time this process has used, user and system.
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}
+
 // BootFor is Boot, recorded for the report (-pullthrough.report) under the
 // benchmark's name.
 func (e *benchEnv) BootFor(ctx context.Context, bench string, set *cache.Set, spec provisioners.Spec, log *slog.Logger) (r result, err error) {
+	return e.boot(ctx, bench, set, spec, log, nil)
+}
+
+func (e *benchEnv) boot(ctx context.Context, bench string, set *cache.Set, spec provisioners.Spec, log *slog.Logger,
+	after func(*provisioners.Cluster, *fixtures.StandinReadiness)) (r result, err error) {
 	before := e.Upstreams.Total()
 	opts := []provisioners.Option{provisioners.WithCaches(set), provisioners.WithLogger(log)}
 	var ready *fixtures.StandinReadiness
@@ -78,13 +109,19 @@ func (e *benchEnv) BootFor(ctx context.Context, bench string, set *cache.Set, sp
 			err = errors.Join(err, derr)
 		}
 	}()
+	cpu := cpuSeconds()
 	if err := c.Wait(ctx); err != nil {
 		return result{}, err
 	}
+	readyCPU := cpuSeconds() - cpu
 	tm := c.Timings()
-	r = result{Seconds: (tm.Create + tm.Ready).Seconds(), ConfigS: tm.Config.Seconds(), CreateS: tm.Create.Seconds(), ReadyS: tm.Ready.Seconds()}
+	r = result{Seconds: (tm.Create + tm.Ready).Seconds(), ConfigS: tm.Config.Seconds(), CreateS: tm.Create.Seconds(), ReadyS: tm.Ready.Seconds(),
+		ReadyCPUS: readyCPU}
 	d := e.Upstreams.Total().Sub(before)
 	r.UpstreamBytes, r.UpstreamRequests, r.UpstreamContentBytes, r.UpstreamManifestGETs = d.BytesSent, d.Requests(), d.ContentBytes, d.ManifestGET
+	if after != nil {
+		after(c, ready)
+	}
 	if bench != "" {
 		for _, n := range c.Nodes() {
 			rec := bootRecord{Bench: bench, Cluster: spec.Name, Node: n.Name, ConfigS: r.ConfigS, CreateS: r.CreateS, ReadyS: r.ReadyS,

@@ -181,3 +181,41 @@ func benchBoot(b *testing.B, env *benchEnv, bootSpec, preloadedSpec func(i int) 
 		}
 	})
 }
+
+// BenchmarkBootNodes is how a warm boot grows with the number of nodes
+// booting at once through one set of caches (1, 3 and 5: one control plane
+// and the rest workers): per-node pull time as the nodes report it, and the
+// CPU this process (the caches, and the provisioner's own small part) spent
+// per boot, which says what one cache machine serves.
+func BenchmarkBootNodes(b *testing.B) {
+	env := newBenchEnv(b, knobs)
+	image := env.NodeImage(b, benchLog(b))
+	log := benchLog(b)
+	ctx := context.Background()
+	set := env.NewCaches(b)
+	// Filled once, outside every timing.
+	if _, err := env.Boot(ctx, set, bootSpec(b, image, 200), log); err != nil {
+		b.Fatal(err)
+	}
+	for i, nodes := range []int{1, 3, 5} {
+		b.Run(fmt.Sprintf("nodes-%d", nodes), func(b *testing.B) {
+			var total result
+			var pullS float64
+			for n := range b.N {
+				spec := bootSpec(b, image, 201+10*i+n)
+				spec.ControlPlanes, spec.Workers = 1, nodes-1
+				r, pulls, err := env.BootNodes(ctx, set, spec, log)
+				if err != nil {
+					b.Fatal(err)
+				}
+				for _, p := range pulls {
+					pullS += p / float64(len(pulls))
+				}
+				total = add(total, r)
+			}
+			report(b, total, "boot-s/op")
+			b.ReportMetric(pullS/float64(b.N), "node-pull-s/op")
+			b.ReportMetric(total.ReadyCPUS/float64(b.N), "cache-cpu-s/op")
+		})
+	}
+}

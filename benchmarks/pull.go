@@ -86,8 +86,9 @@ type result struct {
 	// UpstreamManifestGETs is what Docker Hub counts against its pull limit.
 	UpstreamManifestGETs int64
 	Images               int
-	// A boot's phases (provisioners.Timings), in seconds.
-	ConfigS, CreateS, ReadyS float64
+	// A boot's phases (provisioners.Timings), in seconds, and the CPU this
+	// process (the caches serving the nodes) used while the nodes pulled.
+	ConfigS, CreateS, ReadyS, ReadyCPUS float64
 }
 
 // PullThrough pulls the node image set as a node would, through the caches

@@ -40,6 +40,7 @@ func add(a, r result) result {
 	a.ConfigS += r.ConfigS
 	a.CreateS += r.CreateS
 	a.ReadyS += r.ReadyS
+	a.ReadyCPUS += r.ReadyCPUS
 	return a
 }
 
