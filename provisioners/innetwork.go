@@ -2,8 +2,6 @@ package provisioners
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -118,13 +116,8 @@ func startCacheBox(ctx context.Context, p *Plan, n *InNetwork, log io.Writer) (b
 	if err := os.MkdirAll(storage, 0o755); err != nil {
 		return nil, fmt.Errorf("cluster %q: in-network caches: creating storage %s: %w", name, storage, err)
 	}
-	bin, err := dockerenv.GoBinary(ctx, cli, "", cacheboxPackage, log)
+	tag, err := dockerenv.BuildToolImage(ctx, cli, cacheboxPackage, "pullthrough.local/cachebox", "cachebox", log)
 	if err != nil {
-		return nil, fmt.Errorf("cluster %q: building the in-network caches: %w", name, err)
-	}
-	sum := sha256.Sum256(bin)
-	tag := "pullthrough.local/cachebox:" + hex.EncodeToString(sum[:6])
-	if err := dockerenv.BuildBinaryImage(ctx, cli, bin, dockerenv.BuildOptions{Tag: tag, Binary: "cachebox"}, log); err != nil {
 		return nil, fmt.Errorf("cluster %q: building the in-network caches: %w", name, err)
 	}
 	type up struct {

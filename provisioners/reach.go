@@ -2,8 +2,6 @@ package provisioners
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -26,9 +24,12 @@ import (
 // the pulls.
 var ErrMirrorUnreachable = errors.New("mirror does not answer from the nodes' network")
 
-// probePackage is the tiny program run on the cluster's network to ask each
-// mirror for /v2/, as a node would.
-const probePackage = "github.com/pullthrough/pullthrough/internal/tools/mirrorprobe"
+// The tiny program run on the cluster's network to ask each mirror for
+// /v2/, as a node would, and the repository of its image.
+const (
+	probePackage    = "github.com/pullthrough/pullthrough/internal/tools/mirrorprobe"
+	probeRepository = "pullthrough.local/mirror-probe"
+)
 
 const labelProbe = "pullthrough.probe"
 
@@ -86,13 +87,8 @@ func checkReach(ctx context.Context, p *Plan, log io.Writer) (err error) {
 			_ = dockerenv.RemoveNetworksByLabel(context.WithoutCancel(ctx), cli, labelCluster, name)
 		}
 	}()
-	bin, err := dockerenv.GoBinary(ctx, cli, "", probePackage, log)
+	tag, err := dockerenv.BuildToolImage(ctx, cli, probePackage, probeRepository, "mirrorprobe", log)
 	if err != nil {
-		return fmt.Errorf("cluster %q: building the mirror probe: %w", name, err)
-	}
-	sum := sha256.Sum256(bin)
-	tag := "pullthrough.local/mirror-probe:" + hex.EncodeToString(sum[:6])
-	if err := dockerenv.BuildBinaryImage(ctx, cli, bin, dockerenv.BuildOptions{Tag: tag, Binary: "mirrorprobe"}, log); err != nil {
 		return fmt.Errorf("cluster %q: building the mirror probe: %w", name, err)
 	}
 	hosts := make([]string, 0, len(p.Mirrors))

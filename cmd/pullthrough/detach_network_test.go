@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"os"
 	"strings"
@@ -39,11 +37,9 @@ func TestDetachedOnAClusterNetworkAnswersThere(t *testing.T) {
 	assert.Contains(t, r.stdout, "talosctl cluster create docker --name "+netName)
 
 	// From a container on that network, as a node would ask.
-	bin, err := dockerenv.GoBinary(ctx, cli, "", "github.com/pullthrough/pullthrough/internal/tools/mirrorprobe", nil)
+	tag, err := dockerenv.BuildToolImage(ctx, cli, "github.com/pullthrough/pullthrough/internal/tools/mirrorprobe",
+		"pullthrough.local/mirror-probe", "mirrorprobe", nil)
 	require.NoError(t, err)
-	sum := sha256.Sum256(bin)
-	tag := "pullthrough.local/mirror-probe:" + hex.EncodeToString(sum[:6])
-	require.NoError(t, dockerenv.BuildBinaryImage(ctx, cli, bin, dockerenv.BuildOptions{Tag: tag, Binary: "mirrorprobe"}, nil))
 	created, err := cli.ContainerCreate(ctx, client.ContainerCreateOptions{
 		Config:     &container.Config{Image: tag, Cmd: []string{"x=http://" + addr + ":" + base}},
 		HostConfig: &container.HostConfig{NetworkMode: container.NetworkMode(netName)},

@@ -367,3 +367,20 @@ func loadImage(ctx context.Context, cli *client.Client, tag string, img v1.Image
 	fmt.Fprintf(log, "loaded %s\n", tag)
 	return nil
 }
+
+// BuildToolImage builds one of this module's small programs (pkg) into an
+// image FROM scratch tagged repository:<hash of the binary>, so that two
+// checkouts building different versions on one daemon never share a tag,
+// and returns the tag.
+func BuildToolImage(ctx context.Context, cli *client.Client, pkg, repository, binary string, log io.Writer) (string, error) {
+	bin, err := GoBinary(ctx, cli, "", pkg, log)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(bin)
+	tag := repository + ":" + hex.EncodeToString(sum[:6])
+	if err := BuildBinaryImage(ctx, cli, bin, BuildOptions{Tag: tag, Binary: binary}, log); err != nil {
+		return "", err
+	}
+	return tag, nil
+}

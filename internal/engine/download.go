@@ -215,10 +215,13 @@ func (f *fill) open(ctx context.Context) (*source, error) {
 			b.Close()
 			c.log.Warn("the fleet's copy of a blob has the wrong size; removed, fetching from upstream", "digest", f.dgst, "size", sz, "want", f.want)
 			fl.Discard(context.WithoutCancel(c.ctx), f.dgst)
-			b, sz, ok, ferr = fl.Blob(sctx, f.dgst)
+			// Ask again: this instance takes the claim and fetches from the
+			// origin, or another instance already does (or the fleet
+			// cannot say), and this fetch goes to the origin unclaimed.
+			again, _, ok, ferr := fl.Blob(sctx, f.dgst)
 			if ferr != nil || ok {
 				if ok {
-					b.Close()
+					again.Close()
 				}
 				return f.openUpstream(src)
 			}
