@@ -15,9 +15,15 @@ type StorageDir struct {
 	// Content is the one directory in Path the engine writes; removing it
 	// removes what the cache stored and nothing else.
 	Content string
+	// Blobs holds the stored blobs and manifests, a file per sha256
+	// digest named by its hex (least recently served by mtime, to the hour).
+	Blobs string
 	// InUse says a running cache (of any process) serves from it.
 	InUse bool
 }
+
+// BlobsDir is Blobs for a cache's storage directory (Cache.StorageDir).
+func BlobsDir(storageDir string) string { return engine.BlobsDir(storageDir) }
 
 // StorageDirs lists the caches' storage directories under root: those that
 // hold the engine's layout. Anything else under root (a user's file, the
@@ -43,7 +49,7 @@ func StorageDirs(root string) ([]StorageDir, error) {
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, StorageDir{Path: dir, Content: filepath.Join(dir, engine.LayoutDir), InUse: inUse})
+		out = append(out, StorageDir{Path: dir, Content: filepath.Join(dir, engine.LayoutDir), Blobs: engine.BlobsDir(dir), InUse: inUse})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
 	return out, nil

@@ -173,9 +173,9 @@ func TestBlobCutMidwayIsNeverCached(t *testing.T) {
 	assert.Equal(t, digestOf(t, img), got)
 }
 
-// blobPath is where a cache keeps a blob (internal/cache/store.go).
+// blobPath is where a cache keeps a blob.
 func blobPath(c *cache.Cache, hex string) string {
-	return filepath.Join(c.StorageDir(), "v2/blobs/sha256", hex)
+	return filepath.Join(cache.BlobsDir(c.StorageDir()), hex)
 }
 
 func TestCredentialsStayInside(t *testing.T) {

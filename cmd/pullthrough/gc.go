@@ -22,12 +22,12 @@ type blobFile struct {
 }
 
 // storedBlobs lists the content files of the caches' storage directories
-// (each StorageDir's Content holds blobs/sha256/<hex>). Fills in progress
-// live beside blobs and are never listed.
+// (each StorageDir's Blobs). Fills in progress live beside them and are
+// never listed.
 func storedBlobs(dirs []cache.StorageDir) ([]blobFile, error) {
 	var out []blobFile
 	for _, sd := range dirs {
-		dir := filepath.Join(sd.Content, "blobs", "sha256")
+		dir := sd.Blobs
 		ents, err := os.ReadDir(dir)
 		if err != nil {
 			continue

@@ -126,10 +126,10 @@ func flipByte(t *testing.T, storage string) string {
 	var path string
 	var size int64
 	for _, d := range dirs {
-		ents, _ := os.ReadDir(filepath.Join(d.Content, "blobs", "sha256"))
+		ents, _ := os.ReadDir(d.Blobs)
 		for _, e := range ents {
 			if info, err := e.Info(); err == nil && info.Size() > size {
-				path, size = filepath.Join(d.Content, "blobs", "sha256", e.Name()), info.Size()
+				path, size = filepath.Join(d.Blobs, e.Name()), info.Size()
 			}
 		}
 	}

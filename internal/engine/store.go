@@ -120,6 +120,11 @@ func (s *store) rename(from, to string) error {
 	return err
 }
 
+// BlobsDir is where a cache with storage directory dir keeps its blobs and
+// manifests, one file per sha256 digest named by its hex: the one place
+// outside the store that knows the layout (gc, tests).
+func BlobsDir(dir string) string { return filepath.Join(dir, LayoutDir, "blobs", "sha256") }
+
 func (s *store) blobPath(d digest.Digest) string {
 	return filepath.Join(s.root, "blobs", string(d.Algorithm()), d.Encoded())
 }
