@@ -29,6 +29,11 @@ const (
 	defaultContainerName = "pullthrough"
 
 	labelManaged = "dev.pullthrough.managed"
+	// labelRunDir is the record directory (cache.RunDir) of whoever made
+	// the container: commands find the containers of their own user's
+	// directory, as they find running sets (a test's own directory keeps
+	// another test binary's containers out of its answers).
+	labelRunDir = "dev.pullthrough.run-dir"
 	labelStorage = "dev.pullthrough.storage"
 )
 
@@ -99,7 +104,7 @@ func detach(cmd *cobra.Command, name, root, netName, cidr string) error {
 			Image:  tag,
 			Cmd:    args,
 			User:   fmt.Sprintf("%d:%d", os.Getuid(), os.Getgid()), // storage stays the user's
-			Labels: map[string]string{labelManaged: "true", labelStorage: root},
+			Labels: map[string]string{labelManaged: "true", labelStorage: root, labelRunDir: runDir()},
 		},
 		HostConfig: &container.HostConfig{
 			NetworkMode:   mode,

@@ -33,6 +33,7 @@ import (
 // removed when the test ends, whatever it did.
 func detachWorld(t *testing.T, cli *client.Client, namePrefix string) (ups *fixtures.Upstreams, storage, name string, common, withPorts []string) {
 	t.Helper()
+	ownRunDir(t) // this test's containers and records, not another test binary's
 	ups = fixtures.NewTalosUpstreams(t, "v1.13.0", fixtures.WithScale(0.002), fixtures.Unthrottled())
 	storage = t.TempDir()
 	name = fmt.Sprintf("%s-%d", namePrefix, os.Getpid())

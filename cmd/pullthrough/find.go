@@ -165,10 +165,14 @@ func detachedCaches(ctx context.Context) []detached {
 		return nil
 	}
 	var out []detached
+	mine := runDir()
 	for _, c := range list.Items {
 		info, err := cli.ContainerInspect(ctx, c.ID, client.ContainerInspectOptions{})
 		if err != nil || info.Container.Config == nil {
 			continue
+		}
+		if d, ok := info.Container.Config.Labels[labelRunDir]; ok && d != mine {
+			continue // another user's, or another test's
 		}
 		ups, ok := upstreamsOfCommand(info.Container.Config.Cmd)
 		if !ok {
@@ -210,4 +214,10 @@ func notRunning(cmd *cobra.Command, f *cacheFlags) string {
 		where = "no running pullthrough cache matches " + strings.Join(narrowed, ", ") + " (`pullthrough status` with no flags lists every one)"
 	}
 	return where + "; start them with `pullthrough up`"
+}
+
+// runDir is cache.RunDir, or "" where there is none.
+func runDir() string {
+	d, _ := cache.RunDir()
+	return d
 }
