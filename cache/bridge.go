@@ -61,3 +61,22 @@ func InNetworkAddr(cidr string) (netip.Addr, error) {
 	host--
 	return netip.AddrFrom4([4]byte{byte(host >> 24), byte(host >> 16), byte(host >> 8), byte(host)}), nil
 }
+
+// HostIP returns this host's primary IPv4 address: the source address of its
+// default route (eth0's on most machines). Containers of a rootless Docker
+// daemon reach the host there and nowhere else: docker0's address inside
+// their namespace is the rootless daemon's own bridge, and slirp4netns keeps
+// the host's loopback out of reach. Finding it sends nothing: a UDP socket
+// is connected, never written to.
+func HostIP() (string, error) {
+	c, err := net.Dial("udp4", "198.51.100.1:9") // TEST-NET-2: only the route is looked up
+	if err != nil {
+		return "", fmt.Errorf("finding this host's primary address (its default route): %w", err)
+	}
+	defer c.Close()
+	ip := c.LocalAddr().(*net.UDPAddr).IP
+	if ip == nil || ip.IsLoopback() || ip.IsUnspecified() {
+		return "", fmt.Errorf("finding this host's primary address: the default route leaves from %v, not an address other machines or namespaces can reach", ip)
+	}
+	return ip.String(), nil
+}

@@ -11,30 +11,49 @@ import (
 )
 
 // bridgeAddr is where nodes reach caches on the host: docker0's address for
-// containers (it answers from any Docker network), the cluster network's
+// containers of a rootful daemon (it answers from any Docker network), the
+// host's primary address for a rootless daemon's, the cluster network's
 // gateway for VMs on the qemu bridge.
-func bridgeAddr(ctx context.Context, spec Spec) (string, error) {
+//
+// natted is true where every node's requests reach the caches from one of
+// this host's own addresses (a rootless daemon's slirp4netns), so the
+// caches cannot tell nodes apart by address.
+func bridgeAddr(ctx context.Context, spec Spec) (addr string, natted bool, err error) {
 	if spec.Provisioner == Qemu {
-		return cache.GatewayIP(spec.CIDR)
+		ip, err := cache.GatewayIP(spec.CIDR)
+		return ip, false, err
 	}
-	if ip, err := cache.DockerBridgeIP(); err == nil {
-		return ip, nil
-	}
-	// docker0 is not visible from here (a remote or rootless daemon): ask
-	// Docker for its default bridge's gateway.
 	cli, err := dockerenv.Client(ctx)
 	if err != nil {
-		return "", fmt.Errorf("finding the address nodes reach the caches on: no docker0 here, and %w", err)
+		return "", false, fmt.Errorf("finding the address nodes reach the caches on: %w", err)
 	}
 	defer cli.Close()
+	// A rootless daemon's containers reach the host only at its primary
+	// address: docker0's, in their namespace, is the daemon's own bridge.
+	rootless, err := dockerenv.Rootless(ctx, cli)
+	if err != nil {
+		return "", false, err
+	}
+	if rootless {
+		ip, err := cache.HostIP()
+		if err != nil {
+			return "", false, fmt.Errorf("the Docker daemon at %s is rootless, so nodes reach caches at this host's primary address: %w", cli.DaemonHost(), err)
+		}
+		return ip, true, nil
+	}
+	if ip, err := cache.DockerBridgeIP(); err == nil {
+		return ip, false, nil
+	}
+	// docker0 is not visible from here (a remote daemon, or Docker
+	// Desktop's VM): ask Docker for its default bridge's gateway.
 	nw, err := cli.NetworkInspect(ctx, "bridge", client.NetworkInspectOptions{})
 	if err != nil {
-		return "", fmt.Errorf("inspecting Docker's default bridge network: %w", err)
+		return "", false, fmt.Errorf("inspecting Docker's default bridge network: %w", err)
 	}
 	for _, c := range nw.Network.IPAM.Config {
 		if c.Gateway.IsValid() {
-			return c.Gateway.String(), nil
+			return c.Gateway.String(), false, nil
 		}
 	}
-	return "", fmt.Errorf("docker's default bridge network has no gateway address: %w", cache.ErrNoBridge)
+	return "", false, fmt.Errorf("docker's default bridge network has no gateway address: %w", cache.ErrNoBridge)
 }

@@ -38,6 +38,11 @@ type Plan struct {
 	// The in-network caches' container address and ports, when asked for.
 	boxAddr  netip.Addr
 	boxPorts map[string]int
+	// natted: every node reaches the caches from mirrorAddr, one of this
+	// host's own (a rootless daemon), so counters per node address are
+	// counters per host.
+	natted     bool
+	mirrorAddr string
 }
 
 // Configure builds the cluster request and configs for a spec, through
@@ -80,10 +85,11 @@ func configure(ctx context.Context, spec Spec, o *settings) (*Plan, error) {
 		addr := o.bridge
 		if addr == "" {
 			var err error
-			if addr, err = bridgeAddr(ctx, spec); err != nil {
+			if addr, p.natted, err = bridgeAddr(ctx, spec); err != nil {
 				return nil, err
 			}
 		}
+		p.mirrorAddr = addr
 		if o.single {
 			u, err := o.caches.WildcardMirror(addr)
 			if err != nil {

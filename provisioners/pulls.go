@@ -35,6 +35,12 @@ type NodePulls struct {
 	Report *NodeReport
 }
 
+// AllNodesNatted is the Node of the one NodePulls that stands for every
+// node of a rootless daemon's cluster: their requests reach the caches
+// through slirp4netns, from this host's own address, so the caches' counters
+// cannot tell the nodes apart (each node's own report still can).
+const AllNodesNatted = "(all nodes, through slirp4netns)"
+
 // Pulls says, per node, what the caches served it: which node pulled what,
 // where the caches' counters say only which registry. Nil without
 // WithCaches.
@@ -62,6 +68,12 @@ func (c *Cluster) Pulls() []NodePulls {
 		out = append(out, np)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })
+	if c.plan.natted {
+		// A rootless daemon's nodes all arrive from this host's address:
+		// one line for them all, named for what it is, not zeros per node.
+		a := c.plan.mirrorAddr
+		out = append(out, NodePulls{Node: AllNodesNatted, Addr: a, Caches: now[a].Sub(c.clientBase[a])})
+	}
 	return out
 }
 

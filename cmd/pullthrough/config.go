@@ -80,8 +80,9 @@ and refuses the others (the client then falls back to the registry itself):
 					addr = gw
 				}
 			case addr == "":
-				if addr, err = cache.DockerBridgeIP(); err != nil {
-					return fmt.Errorf("%w: name the address clients reach this host at with --bridge", err)
+				var why string
+				if addr, why = dockerNodeAddr(cmd.Context()); addr == "" {
+					return errors.New(why)
 				}
 			}
 			if net.ParseIP(addr) == nil {

@@ -63,10 +63,7 @@ provisioners, serves until SIGINT or SIGTERM, then prints what each cache did.`,
 			}
 			bridgeFrom := "--bridge"
 			if bridge == "" {
-				bridgeFrom = "docker0's"
-				if bridge, err = cache.DockerBridgeIP(); err != nil {
-					bridge = ""
-				}
+				bridge, bridgeFrom = dockerNodeAddr(cmd.Context())
 			} else if net.ParseIP(bridge) == nil {
 				return usagef("--bridge %q: want the IP address Docker nodes reach this host at, such as 172.17.0.1", bridge)
 			}
@@ -102,7 +99,7 @@ provisioners, serves until SIGINT or SIGTERM, then prints what each cache did.`,
 					printTalosctl(out, set, "docker", bridge, "")
 					printTalosctlDefault(out, set, "docker", bridge, "")
 				} else {
-					fmt.Fprintln(out, "# Docker provisioner: no docker0 here; name the address nodes reach this host at with --bridge")
+					fmt.Fprintln(out, "# Docker provisioner: "+bridgeFrom)
 				}
 				fmt.Fprintf(out, "# QEMU provisioner: nodes reach this host at the gateway of --cidr %s, %s (the bridge appears with the cluster)\n", cidr, gw)
 				printTalosctl(out, set, "qemu", gw, cidr)
