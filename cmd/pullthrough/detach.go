@@ -33,7 +33,7 @@ const (
 	// the container: commands find the containers of their own user's
 	// directory, as they find running sets (a test's own directory keeps
 	// another test binary's containers out of its answers).
-	labelRunDir = "dev.pullthrough.run-dir"
+	labelRunDir  = "dev.pullthrough.run-dir"
 	labelStorage = "dev.pullthrough.storage"
 )
 
