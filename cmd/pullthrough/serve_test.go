@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log"
@@ -31,6 +32,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/pullthrough/pullthrough/cache"
 	"github.com/pullthrough/pullthrough/internal/fleettest"
 )
 
@@ -192,7 +194,10 @@ func TestServeFleetFetchesEachBlobOnce(t *testing.T) {
 			return err
 		})
 	}
-	time.Sleep(300 * time.Millisecond) // let every instance join before the origin goes on
+	// Every instance has the request before the origin goes on.
+	for _, in := range fleet {
+		waitStats(t, in, func(s cache.Stats) bool { return s.Requests >= 1 })
+	}
 	close(hold)
 	require.NoError(t, g.Wait())
 	assert.EqualValues(t, 1, o.blobGETs.Load(), "blob GETs at the origin for three instances")
@@ -231,7 +236,10 @@ func TestServeFleetGetsEachManifestOnce(t *testing.T) {
 		g.Go(func() (err error) { digests[i], err = getManifestDigest(ctx, in.addr, "app", "v1"); return err })
 	}
 	require.Eventually(t, func() bool { return o.manifestGETs.Load() >= 1 }, 10*time.Second, 5*time.Millisecond)
-	time.Sleep(300 * time.Millisecond) // let every instance ask before the origin answers
+	// Every instance has asked before the origin answers.
+	for _, in := range fleet {
+		waitStats(t, in, func(s cache.Stats) bool { return s.Requests >= 1 })
+	}
 	close(hold)
 	require.NoError(t, g.Wait())
 	assert.EqualValues(t, 1, o.manifestGETs.Load(), "manifest GETs at the origin for three instances")
@@ -243,6 +251,29 @@ func TestServeFleetGetsEachManifestOnce(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, digests[0], d)
 	assert.EqualValues(t, 1, o.manifestGETs.Load(), "an instance asking a moment later reads what the first one fetched")
+}
+
+// waitStats waits until an instance's own counters (its stats endpoint)
+// satisfy cond: a condition observed, not a pause.
+func waitStats(t *testing.T, in *instance, cond func(cache.Stats) bool) {
+	t.Helper()
+	var last cache.Stats
+	ok := assert.Eventually(t, func() bool {
+		resp, err := http.Get("http://" + in.addr + cache.StatsPath)
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		var s cache.Stats
+		if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&s) != nil {
+			return false
+		}
+		last = s
+		return cond(s)
+	}, 20*time.Second, 5*time.Millisecond)
+	if !ok {
+		t.Fatalf("instance %s: counters never got there; last %+v", in.addr, last)
+	}
 }
 
 func getManifestDigest(ctx context.Context, addr, repo, ref string) (string, error) {
@@ -293,7 +324,9 @@ func TestServeInstanceKilledMidFetchIsReplaced(t *testing.T) {
 	}
 	done := make(chan res, 1)
 	go func() { got, err := getDigest(ctx, b.addr, "app", d); done <- res{got, err} }()
-	time.Sleep(500 * time.Millisecond)
+	// B's client is streaming A's download (the origin holds it, so bytes
+	// B serves can only be A's) when A dies.
+	waitStats(t, b, func(s cache.Stats) bool { return s.ServedBytes > 0 })
 	require.NoError(t, a.cmd.Process.Kill()) // SIGKILL mid-download
 	r := <-done
 	require.NoError(t, r.err, "the client on the surviving instance gets the blob")
