@@ -25,7 +25,12 @@ func bridgeAddr(ctx context.Context, spec Spec) (addr string, natted bool, err e
 	}
 	cli, err := dockerenv.Client(ctx)
 	if err != nil {
-		return "", false, fmt.Errorf("finding the address nodes reach the caches on: %w", err)
+		// No daemon to ask (Configure needs none): docker0's, as for a
+		// rootful daemon, when there is one.
+		if ip, bridgeErr := cache.DockerBridgeIP(); bridgeErr == nil {
+			return ip, false, nil
+		}
+		return "", false, fmt.Errorf("finding the address nodes reach the caches on: no docker0 here, and %w", err)
 	}
 	defer cli.Close()
 	// A rootless daemon's containers reach the host only at its primary
