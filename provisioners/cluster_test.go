@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
+	"os/exec"
 	"sort"
 	"strings"
 	"sync"
@@ -69,6 +71,44 @@ func newStandinWorld(t *testing.T) standinWorld {
 	img, err := fixtures.BuildStandinImage(ctx, cli, provisioners.DefaultTalosVersion, nil)
 	require.NoError(t, err)
 	return standinWorld{cli: cli, upstreams: ups, caches: cachetest.New(t, cache.WithUpstreams(cu...)), image: img}
+}
+
+// rejectTCPFrom makes this host refuse TCP from src (an address or CIDR),
+// optionally only to some ports ("5000,5001"), with a reset, until the test
+// ends: a host firewall as a user's might be. It needs iptables, which
+// Docker's engine installs; without it the test skips (fails under CI=true).
+func rejectTCPFrom(t *testing.T, src, ports string) {
+	t.Helper()
+	if _, err := exec.LookPath("iptables"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("iptables is missing (Docker's engine installs it)")
+		}
+		t.Skip("skipping: iptables is missing")
+	}
+	rule := []string{"INPUT", "-s", src, "-p", "tcp"}
+	if ports != "" {
+		rule = append(rule, "-m", "multiport", "--dports", ports)
+	}
+	rule = append(rule, "-j", "REJECT", "--reject-with", "tcp-reset")
+	out, err := exec.Command("iptables", append([]string{"-I"}, rule...)...).CombinedOutput()
+	require.NoError(t, err, string(out))
+	t.Cleanup(func() { _ = exec.Command("iptables", append([]string{"-D"}, rule...)...).Run() })
+}
+
+// bridgeUpstreams are the Talos fixtures upstreams listening on docker0's
+// address, where containers reach them (a cache container, or a node
+// falling back to "the registry itself"), and the same as cache upstreams.
+func bridgeUpstreams(t *testing.T) (*fixtures.Upstreams, []cache.Upstream) {
+	t.Helper()
+	bridge, err := cache.DockerBridgeIP()
+	require.NoError(t, err)
+	ups := fixtures.NewTalosUpstreams(t, provisioners.DefaultTalosVersion, fixtures.WithScale(0.002), fixtures.Unthrottled(),
+		fixtures.WithListenAddress(net.JoinHostPort(bridge, "0")))
+	var cu []cache.Upstream
+	for _, u := range ups.Upstreams() {
+		cu = append(cu, cache.Upstream{Host: u.Host(), URL: u.URL()})
+	}
+	return ups, cu
 }
 
 // clusterSpec gives each test package run a name and network of its own.

@@ -3,10 +3,7 @@ package provisioners_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/netip"
-	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -28,23 +25,12 @@ import (
 // every image through fallbacks; the other got from the caches exactly the
 // bytes it reports.
 func TestDockerClusterPullsAreAttributedPerNodeWithOneFallingBack(t *testing.T) {
-	if _, err := exec.LookPath("iptables"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("iptables is missing (Docker's engine installs it)")
-		}
-		t.Skip("iptables is missing")
-	}
 	cli := dockerenv.Require(t)
-	bridge, err := cache.DockerBridgeIP()
-	require.NoError(t, err)
 	// Upstreams a node reaches from its network: the registries a
 	// falling-back node goes to.
-	ups := fixtures.NewTalosUpstreams(t, provisioners.DefaultTalosVersion, fixtures.WithScale(0.002), fixtures.Unthrottled(),
-		fixtures.WithListenAddress(net.JoinHostPort(bridge, "0")))
-	var cu []cache.Upstream
+	ups, cu := bridgeUpstreams(t)
 	fallback := map[string]string{}
 	for _, u := range ups.Upstreams() {
-		cu = append(cu, cache.Upstream{Host: u.Host(), URL: u.URL()})
 		fallback[u.Host()] = u.URL()
 	}
 	caches := cachetest.New(t, cache.WithUpstreams(cu...))
@@ -62,10 +48,7 @@ func TestDockerClusterPullsAreAttributedPerNodeWithOneFallingBack(t *testing.T) 
 	for _, c := range caches.Caches() {
 		ports = append(ports, fmt.Sprint(c.Port()))
 	}
-	rule := []string{"INPUT", "-s", worker, "-p", "tcp", "-m", "multiport", "--dports", strings.Join(ports, ","), "-j", "REJECT", "--reject-with", "tcp-reset"}
-	out, err := exec.Command("iptables", append([]string{"-I"}, rule...)...).CombinedOutput()
-	require.NoError(t, err, string(out))
-	t.Cleanup(func() { _ = exec.Command("iptables", append([]string{"-D"}, rule...)...).Run() })
+	rejectTCPFrom(t, worker, strings.Join(ports, ","))
 
 	var log logBuffer
 	ready := fixtures.StandinReady()

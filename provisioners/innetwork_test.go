@@ -2,16 +2,12 @@ package provisioners_test
 
 import (
 	"context"
-	"net"
-	"os"
-	"os/exec"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/pullthrough/pullthrough/cache"
 	"github.com/pullthrough/pullthrough/fixtures"
 	"github.com/pullthrough/pullthrough/internal/dockerenv"
 	"github.com/pullthrough/pullthrough/provisioners"
@@ -22,31 +18,15 @@ import (
 // image through them, counted there, nothing around them. The same cluster
 // with host caches fails before any node exists (the reach test beside).
 func TestInNetworkCachesBootWhenTheHostIsUnreachable(t *testing.T) {
-	if _, err := exec.LookPath("iptables"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("iptables is missing (Docker's engine installs it)")
-		}
-		t.Skip("iptables is missing")
-	}
 	cli := dockerenv.Require(t)
-	bridge, err := cache.DockerBridgeIP()
-	require.NoError(t, err)
 	// Upstreams the container reaches from the daemon's default bridge.
-	ups := fixtures.NewTalosUpstreams(t, provisioners.DefaultTalosVersion, fixtures.WithScale(0.002), fixtures.Unthrottled(),
-		fixtures.WithListenAddress(net.JoinHostPort(bridge, "0")))
-	var cu []cache.Upstream
-	for _, u := range ups.Upstreams() {
-		cu = append(cu, cache.Upstream{Host: u.Host(), URL: u.URL()})
-	}
+	ups, cu := bridgeUpstreams(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	image, err := fixtures.BuildStandinImage(ctx, cli, provisioners.DefaultTalosVersion, nil)
 	require.NoError(t, err)
 	spec := clusterSpec(t, "innet", image, 11)
-	rule := []string{"INPUT", "-s", spec.CIDR, "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"}
-	out, err := exec.Command("iptables", append([]string{"-I"}, rule...)...).CombinedOutput()
-	require.NoError(t, err, string(out))
-	t.Cleanup(func() { _ = exec.Command("iptables", append([]string{"-D"}, rule...)...).Run() })
+	rejectTCPFrom(t, spec.CIDR, "")
 
 	var log logBuffer
 	ready := fixtures.StandinReady()

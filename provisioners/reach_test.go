@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
-	"os/exec"
 	"strconv"
 	"testing"
 	"time"
@@ -54,22 +52,13 @@ func TestUnreachableMirrorFailsBeforeAnyNodeIsCreated(t *testing.T) {
 // its bridge: the caches answer from everywhere else, and the cluster is not
 // created behind them.
 func TestHostUnreachableFromTheClusterNetworkFailsFast(t *testing.T) {
-	if _, err := exec.LookPath("iptables"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("iptables is missing (Docker's engine installs it)")
-		}
-		t.Skip("iptables is missing")
-	}
 	w := newStandinWorld(t)
 	spec := clusterSpec(t, "fw", w.image, 7)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	// By the network's subnet: the bridge exists only once the cluster's
 	// network does, and a network left over is removed before a create.
-	rule := []string{"INPUT", "-s", spec.CIDR, "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"}
-	out, err := exec.Command("iptables", append([]string{"-I"}, rule...)...).CombinedOutput()
-	require.NoError(t, err, string(out))
-	t.Cleanup(func() { _ = exec.Command("iptables", append([]string{"-D"}, rule...)...).Run() })
+	rejectTCPFrom(t, spec.CIDR, "")
 
 	set := w.caches
 	c, err := provisioners.Create(ctx, spec, provisioners.WithCaches(set), provisioners.WithReadiness(fixtures.StandinReady()))

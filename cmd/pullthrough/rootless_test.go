@@ -1,11 +1,8 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"os/exec"
 	"regexp"
-	"strings"
 	"testing"
 	"time"
 
@@ -28,27 +25,12 @@ func TestRootlessDaemonIsGivenAnAddressItsContainersReach(t *testing.T) {
 	hostIP, err := cache.HostIP()
 	require.NoError(t, err)
 	ups := fixtures.NewTalosUpstreams(t, "v1.13.0", fixtures.WithScale(0.002), fixtures.Unthrottled())
-	args := []string{"up", "--os-ports", "--storage", t.TempDir()}
+	args := []string{"--os-ports", "--storage", t.TempDir()}
 	for _, u := range ups.Upstreams() {
 		args = append(args, "--upstream", u.Host()+"="+u.URL())
 	}
-	up := exec.Command(binary, args...)
-	stdout, err := up.StdoutPipe()
-	require.NoError(t, err)
-	var upErr lockedBuffer
-	up.Stderr = &upErr
-	require.NoError(t, up.Start())
-	t.Cleanup(func() { _ = up.Process.Kill(); _ = up.Wait() })
-	sc := bufio.NewScanner(stdout)
-	var printed []string
-	for sc.Scan() {
-		printed = append(printed, sc.Text())
-		if strings.HasPrefix(sc.Text(), "# Talos config patches") {
-			break
-		}
-	}
-	text := strings.Join(printed, "\n")
-	require.Contains(t, text, "# Docker provisioner: nodes reach this host at its primary address (the Docker daemon at", "%s\n%s", text, upErr.String())
+	text := startUp(t, args...)
+	require.Contains(t, text, "# Docker provisioner: nodes reach this host at its primary address (the Docker daemon at", text)
 	m := regexp.MustCompile(`talosctl cluster create docker --registry-mirror '\*=(http://[^']+)'`).FindStringSubmatch(text)
 	require.NotNil(t, m, text)
 	assert.Equal(t, "http://"+hostIP, m[1][:len("http://"+hostIP)], "the wildcard mirror is at the host's primary address")
