@@ -2,6 +2,7 @@ package provisioners
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/moby/moby/client"
@@ -33,21 +34,8 @@ func bridgeAddr(ctx context.Context, spec Spec) (addr string, natted bool, err e
 		return "", false, fmt.Errorf("finding the address nodes reach the caches on: no docker0 here, and %w", err)
 	}
 	defer cli.Close()
-	// A rootless daemon's containers reach the host only at its primary
-	// address: docker0's, in their namespace, is the daemon's own bridge.
-	rootless, err := dockerenv.Rootless(ctx, cli)
-	if err != nil {
-		return "", false, err
-	}
-	if rootless {
-		ip, err := cache.HostIP()
-		if err != nil {
-			return "", false, fmt.Errorf("the Docker daemon at %s is rootless, so nodes reach caches at this host's primary address: %w", cli.DaemonHost(), err)
-		}
-		return ip, true, nil
-	}
-	if ip, err := cache.DockerBridgeIP(); err == nil {
-		return ip, false, nil
+	if ip, natted, err := dockerenv.HostAddr(ctx, cli); err == nil || !errors.Is(err, cache.ErrNoBridge) {
+		return ip, natted, err
 	}
 	// docker0 is not visible from here (a remote daemon, or Docker
 	// Desktop's VM): ask Docker for its default bridge's gateway.

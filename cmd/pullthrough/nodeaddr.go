@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/pullthrough/pullthrough/cache"
@@ -18,15 +19,16 @@ func dockerNodeAddr(ctx context.Context) (addr, why string) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if cli, err := dockerenv.Client(ctx); err == nil {
-		rootless, err := dockerenv.Rootless(ctx, cli)
+		ip, natted, err := dockerenv.HostAddr(ctx, cli)
 		host := cli.DaemonHost()
 		_ = cli.Close()
-		if err == nil && rootless {
-			ip, err := cache.HostIP()
-			if err != nil {
-				return "", "the Docker daemon at " + host + " is rootless and this host's primary address is unknown (" + err.Error() + "); name the address with --bridge, or run the caches on the cluster's network with up --detach --network"
-			}
+		switch {
+		case err == nil && natted:
 			return ip, "its primary address (the Docker daemon at " + host + " is rootless: its containers reach the host there, not at docker0)"
+		case err == nil:
+			return ip, "docker0's"
+		case !errors.Is(err, cache.ErrNoBridge):
+			return "", err.Error() + "; name the address with --bridge, or run the caches on the cluster's network with up --detach --network"
 		}
 	}
 	if ip, err := cache.DockerBridgeIP(); err == nil {

@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/moby/moby/client"
+
+	"github.com/pullthrough/pullthrough/cache"
 )
 
 // Rootless reports whether the daemon cli talks to runs rootless (its
@@ -84,4 +86,28 @@ func RequireRootless(t *testing.T) (*client.Client, string) {
 		t.Fatalf("the Docker daemon at %s is not rootless", host)
 	}
 	return cli, host
+}
+
+// HostAddr is where containers of cli's daemon reach this host: this host's
+// primary address for a rootless daemon (natted true: every container's
+// connections then arrive from that address, through slirp4netns), else
+// docker0's. Without docker0 (Docker Desktop's VM, Colima, a remote daemon)
+// it fails with cache.ErrNoBridge: this host cannot vouch for an address.
+func HostAddr(ctx context.Context, cli *client.Client) (addr string, natted bool, err error) {
+	rootless, err := Rootless(ctx, cli)
+	if err != nil {
+		return "", false, err
+	}
+	if rootless {
+		ip, err := cache.HostIP()
+		if err != nil {
+			return "", false, fmt.Errorf("the Docker daemon at %s is rootless, so its containers reach this host at its primary address: %w", cli.DaemonHost(), err)
+		}
+		return ip, true, nil
+	}
+	ip, err := cache.DockerBridgeIP()
+	if err != nil {
+		return "", false, fmt.Errorf("the Docker daemon at %s: %w", cli.DaemonHost(), err)
+	}
+	return ip, false, nil
 }
