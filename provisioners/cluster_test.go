@@ -62,10 +62,7 @@ func newStandinWorld(t *testing.T) standinWorld {
 	t.Helper()
 	cli := dockerenv.Require(t)
 	ups := fixtures.NewTalosUpstreams(t, provisioners.DefaultTalosVersion, fixtures.WithScale(0.002), fixtures.Unthrottled())
-	var cu []cache.Upstream
-	for _, u := range ups.Upstreams() {
-		cu = append(cu, cache.Upstream{Host: u.Host(), URL: u.URL()})
-	}
+	cu := cacheUpstreams(ups)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	img, err := fixtures.BuildStandinImage(ctx, cli, provisioners.DefaultTalosVersion, nil)
@@ -104,11 +101,16 @@ func bridgeUpstreams(t *testing.T) (*fixtures.Upstreams, []cache.Upstream) {
 	require.NoError(t, err)
 	ups := fixtures.NewTalosUpstreams(t, provisioners.DefaultTalosVersion, fixtures.WithScale(0.002), fixtures.Unthrottled(),
 		fixtures.WithListenAddress(net.JoinHostPort(bridge, "0")))
+	return ups, cacheUpstreams(ups)
+}
+
+// cacheUpstreams are the fixtures upstreams as the caches' upstreams.
+func cacheUpstreams(ups *fixtures.Upstreams) []cache.Upstream {
 	var cu []cache.Upstream
 	for _, u := range ups.Upstreams() {
 		cu = append(cu, cache.Upstream{Host: u.Host(), URL: u.URL()})
 	}
-	return ups, cu
+	return cu
 }
 
 // clusterSpec gives each test package run a name and network of its own.
@@ -254,10 +256,7 @@ func TestMissingStandinImageIsNamed(t *testing.T) {
 func TestStrictBootWithAnImageMissingNamesIt(t *testing.T) {
 	w := newStandinWorld(t)
 	storage := t.TempDir()
-	var cu []cache.Upstream
-	for _, u := range w.upstreams.Upstreams() {
-		cu = append(cu, cache.Upstream{Host: u.Host(), URL: u.URL()})
-	}
+	cu := cacheUpstreams(w.upstreams)
 	// Fill the storage with every image but one, through online caches.
 	online := cachetest.New(t, cache.WithUpstreams(cu...), cache.WithStorageDir(storage))
 	var missing fixtures.Image

@@ -49,10 +49,7 @@ func standinQemuSpec(t *testing.T, suffix string, third int) provisioners.Spec {
 func TestQemuClusterOfStandinVMsPullsThroughTheCaches(t *testing.T) {
 	spec := standinQemuSpec(t, "pull", 0)
 	ups := fixtures.NewTalosUpstreams(t, provisioners.DefaultTalosVersion, fixtures.WithScale(0.002), fixtures.Unthrottled())
-	var cu []cache.Upstream
-	for _, u := range ups.Upstreams() {
-		cu = append(cu, cache.Upstream{Host: u.Host(), URL: u.URL()})
-	}
+	cu := cacheUpstreams(ups)
 	// The bridge appears only when the cluster is created: caches listen
 	// on all addresses so that they answer on its gateway.
 	caches := cachetest.New(t, cache.WithUpstreams(cu...), cache.WithListenAll())

@@ -28,11 +28,7 @@ func TestRootlessDockerClusterOfStandinsPullsThroughTheCaches(t *testing.T) {
 	hostIP, err := cache.HostIP()
 	require.NoError(t, err)
 	ups := fixtures.NewTalosUpstreams(t, provisioners.DefaultTalosVersion, fixtures.WithScale(0.002), fixtures.Unthrottled())
-	var cu []cache.Upstream
-	for _, u := range ups.Upstreams() {
-		cu = append(cu, cache.Upstream{Host: u.Host(), URL: u.URL()})
-	}
-	caches := cachetest.New(t, cache.WithUpstreams(cu...), cache.WithListenAddrs("127.0.0.1", hostIP))
+	caches := cachetest.New(t, cache.WithUpstreams(cacheUpstreams(ups)...), cache.WithListenAddrs("127.0.0.1", hostIP))
 	image, err := fixtures.BuildStandinImage(ctx, cli, provisioners.DefaultTalosVersion, nil)
 	require.NoError(t, err)
 
