@@ -343,7 +343,7 @@ func getManifestStatus(ctx context.Context, addr, repo, ref string) (int, string
 
 // Two processes on one storage asking for one cold tag at once: one GET
 // upstream between them, whatever its answer. The upstream holds the first
-// GET until this process's request is in and has had time to reach the
+// GET until this process's cache reports that it waits for the other's
 // lock; a second GET, if any, is answered at once and counted.
 func TestTwoProcessesOnOneStorageGetEachManifestOnce(t *testing.T) {
 	for _, tc := range []struct {
@@ -359,17 +359,22 @@ func TestTwoProcessesOnOneStorageGetEachManifestOnce(t *testing.T) {
 			up.push(t, "app:v1", 29)
 			storage := t.TempDir()
 			other, _ := startHelper(t, up.URL, storage)
-			set := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test")), cache.WithStorageDir(storage))
+			// This process's cache says, at debug level, when it finds the
+			// lock held by the other: the upstream answers the other's GET
+			// only then.
+			waiting := make(chan struct{})
+			set := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test")), cache.WithStorageDir(storage),
+				cache.WithLogger(slog.New(onMessage{"waiting for another process's fetch of a manifest", sync.OnceFunc(func() { close(waiting) })})))
 			c := set.Cache("registry.test")
 			var first atomic.Bool
 			up.set(func(u *testUpstream) {
 				u.manifestFail = tc.fail
 				u.manifestGate = func() {
 					if first.CompareAndSwap(false, true) {
-						for c.Stats().Requests < 1 {
-							time.Sleep(5 * time.Millisecond)
+						select {
+						case <-waiting:
+						case <-time.After(30 * time.Second): // the assertions below then say what happened
 						}
-						time.Sleep(200 * time.Millisecond)
 					}
 				}
 			})
@@ -475,3 +480,20 @@ func waitStored(t *testing.T, c *cache.Cache, d v1.Hash) {
 		return err == nil && len(ents) == 0
 	}, 10*time.Second, 5*time.Millisecond, "blob %s was not stored", d)
 }
+
+// onMessage is a slog handler that calls do for each record with message
+// msg (at any level) and drops the rest.
+type onMessage struct {
+	msg string
+	do  func()
+}
+
+func (h onMessage) Enabled(context.Context, slog.Level) bool { return true }
+func (h onMessage) Handle(_ context.Context, r slog.Record) error {
+	if r.Message == h.msg {
+		h.do()
+	}
+	return nil
+}
+func (h onMessage) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h onMessage) WithGroup(string) slog.Handler      { return h }

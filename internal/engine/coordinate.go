@@ -29,7 +29,10 @@ func (c *Cache) lockManifest(ctx context.Context, rt route) (unlock func(), wait
 		if l != nil {
 			return func() { l.release(true) }, waited
 		}
-		waited = true
+		if !waited {
+			c.log.Debug("waiting for another process's fetch of a manifest", "ref", rt.String())
+			waited = true
+		}
 		select {
 		case <-ctx.Done():
 			c.log.Debug("fetching a manifest without the storage's lock: another process holds it too long", "ref", rt.String())
