@@ -1,12 +1,14 @@
 package cachetest_test
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -116,56 +118,57 @@ func TestSevenCachesStartInParallel(t *testing.T) {
 	assert.Len(t, ports, 7, "each cache has its own port")
 }
 
-// freePorts finds ports for fixed-port tests. Tests only: the OS could hand
-// a port out again before the test binds it.
-func freePorts(t *testing.T, n int) []int {
-	t.Helper()
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-		defer l.Close()
-	}
-	return ports
-}
-
+// A start that fails on one taken port releases the others it bound. The
+// taken port is held by this test; the others are drawn, and drawn again
+// when one of them turns out to be taken too.
 func TestFailingStartLeavesNothingRunning(t *testing.T) {
 	up := newTestUpstream(t)
-	ports := freePorts(t, 7)
-	held, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(ports[3]))
-	require.NoError(t, err)
-	defer held.Close()
-	var ups []cache.Upstream
-	for i, d := range cache.DefaultUpstreams() {
-		u := up.upstream(d.Host)
-		u.Port = ports[i]
-		ups = append(ups, u)
-	}
-	_, err = cache.Start(testCtx(t), cache.WithUpstreams(ups...), cache.WithFixedPorts(),
-		cache.WithListenAddrs("127.0.0.1"), cache.WithStorageDir(t.TempDir()))
-	require.ErrorIs(t, err, cache.ErrPortInUse)
-	assert.ErrorContains(t, err, "gcr.io")
-	assert.ErrorContains(t, err, strconv.Itoa(ports[3]))
-	for i, p := range ports {
-		if i == 3 {
+	for range 10 {
+		var ports []int
+		for range 7 {
+			ports = append(ports, drawPort(t))
+		}
+		held, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(ports[3]))
+		if err != nil {
 			continue
 		}
-		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
-		require.NoError(t, err, "port %d is still held after a failed start", p)
-		l.Close()
+		var ups []cache.Upstream
+		for i, d := range cache.DefaultUpstreams() {
+			u := up.upstream(d.Host)
+			u.Port = ports[i]
+			ups = append(ups, u)
+		}
+		_, err = cache.Start(testCtx(t), cache.WithUpstreams(ups...), cache.WithFixedPorts(),
+			cache.WithListenAddrs("127.0.0.1"), cache.WithStorageDir(t.TempDir()))
+		if errors.Is(err, cache.ErrPortInUse) && !strings.Contains(err.Error(), strconv.Itoa(ports[3])) {
+			held.Close() // another port of the draw was taken: draw again
+			continue
+		}
+		require.ErrorIs(t, err, cache.ErrPortInUse)
+		assert.ErrorContains(t, err, "gcr.io")
+		assert.ErrorContains(t, err, strconv.Itoa(ports[3]))
+		held.Close()
+		for i, p := range ports {
+			if i == 3 {
+				continue
+			}
+			l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+			require.NoError(t, err, "port %d is still held after a failed start", p)
+			l.Close()
+		}
+		// goleak in TestMain proves no cache goroutine is left.
+		return
 	}
-	// goleak in TestMain proves no cache goroutine is left.
+	t.Fatal("no draw of seven free ports in ten")
 }
 
 func TestFixedPortHeldByOwnCacheIsReused(t *testing.T) {
 	up := newTestUpstream(t)
 	img := up.push(t, "app:v1", 4)
 	u := up.upstream("registry.test")
-	u.Port = freePorts(t, 1)[0]
-	opts := []cache.Option{cache.WithUpstreams(u), cache.WithFixedPorts(), cache.WithListenAddrs("127.0.0.1")}
-	first := cachetest.New(t, opts...)
-	second := cachetest.New(t, opts...)
+	first := startFixedPort(t, u, cache.WithStorageDir(t.TempDir()))
+	u.Port = first.Cache("registry.test").Port()
+	second := cachetest.New(t, cache.WithUpstreams(u), cache.WithFixedPorts(), cache.WithListenAddrs("127.0.0.1"))
 	assert.False(t, first.Cache("registry.test").Reused())
 	assert.True(t, second.Cache("registry.test").Reused())
 	got, err := pull(testCtx(t), second.Cache("registry.test"), "app:v1")

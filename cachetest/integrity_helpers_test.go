@@ -205,14 +205,9 @@ func startSet(tb testing.TB, opts ...cache.Option) (*cache.Set, func()) {
 // draws again when the port is taken.
 func startFixedPort(tb testing.TB, up cache.Upstream, opts ...cache.Option) *cache.Set {
 	tb.Helper()
-	low := 32768
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		fmt.Sscan(string(b), &low)
-	}
-	require.Greater(tb, low, 12000, "the ephemeral port range starts too low to draw fixed ports below it")
 	var lastErr error
 	for range 20 {
-		up.Port = 10000 + rand.Intn(low-10000)
+		up.Port = drawPort(tb)
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		set, err := cache.Start(ctx, append([]cache.Option{cache.WithUpstreams(up), cache.WithFixedPorts(), cache.WithListenAddrs("127.0.0.1")}, opts...)...)
 		cancel()
@@ -236,6 +231,19 @@ func startFixedPort(tb testing.TB, up cache.Upstream, opts ...cache.Option) *cac
 	}
 	tb.Fatalf("no free fixed port in 20 draws: %v", lastErr)
 	return nil
+}
+
+// drawPort draws a port for a cache that binds a fixed one, below the
+// kernel's ephemeral range (see startFixedPort). It does not check the
+// port: the bind does, and callers draw again when it fails.
+func drawPort(tb testing.TB) int {
+	tb.Helper()
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		fmt.Sscan(string(b), &low)
+	}
+	require.Greater(tb, low, 12000, "the ephemeral port range starts too low to draw fixed ports below it")
+	return 10000 + rand.Intn(low-10000)
 }
 
 // noWrongBody fails the test for a client that read a whole body whose

@@ -134,12 +134,27 @@ func detach(cmd *cobra.Command, name, root, netName, cidr string) error {
 				name, nameFlag(name), root, nameFlag(name))
 			return nil
 		}
-		if info, err := cli.ContainerInspect(ctx, created.ID, client.ContainerInspectOptions{}); err == nil && info.Container.State != nil && !info.Container.State.Running {
-			return fmt.Errorf("container %q stopped: %s", name, strings.TrimSpace(logs))
+		// Under restart: always, a container whose up fails is started again
+		// at once: a restart counts as stopped.
+		if info, err := cli.ContainerInspect(ctx, created.ID, client.ContainerInspectOptions{}); err == nil && info.Container.State != nil &&
+			(!info.Container.State.Running || info.Container.State.Restarting || info.Container.RestartCount > 0) {
+			return removeFailed(cli, created.ID, fmt.Errorf("container %q stopped: %s", name, strings.TrimSpace(logs)))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	return fmt.Errorf("container %q did not report its caches within 30s (docker logs %s)", name, name)
+	logs, _ := dockerenv.ContainerLogs(ctx, cli, created.ID)
+	return removeFailed(cli, created.ID, fmt.Errorf("container %q did not report its caches within 30s: %s", name, strings.TrimSpace(logs)))
+}
+
+// removeFailed removes a container whose caches did not start, so that
+// restart: always does not retry them forever, and says so.
+func removeFailed(cli *client.Client, id string, err error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, rmErr := cli.ContainerRemove(ctx, id, client.ContainerRemoveOptions{Force: true}); rmErr != nil {
+		return fmt.Errorf("%w (removing it: %v)", err, rmErr)
+	}
+	return fmt.Errorf("%w (the container was removed)", err)
 }
 
 // forwardedFlags are the flags given to `up`, minus the ones detach handles.

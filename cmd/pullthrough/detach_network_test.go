@@ -22,17 +22,19 @@ import (
 func TestDetachedOnAClusterNetworkAnswersThere(t *testing.T) {
 	cli := dockerenv.Require(t)
 	ctx := t.Context()
-	_, _, name, _, withPorts := detachWorld(t, cli, "pullthrough-net")
+	// The caches listen in the container's own network namespace: no port
+	// of this host is taken, so any fixed ones do.
+	_, _, name, common := detachWorld(t, cli, "pullthrough-net")
 	netName := fmt.Sprintf("pt-detnet-%d", os.Getpid())
 	cidr := fmt.Sprintf("10.86.%d.0/24", os.Getpid()%250)
 	t.Cleanup(func() {
 		_, _ = cli.ContainerRemove(context.Background(), name, client.ContainerRemoveOptions{Force: true})
 		_, _ = cli.NetworkRemove(context.Background(), netName, client.NetworkRemoveOptions{})
 	})
-	r := cli2(t, append([]string{"up", "--detach", "--name", name, "--network", netName, "--cidr", cidr}, withPorts...)...)
+	r := cli2(t, append([]string{"up", "--detach", "--name", name, "--network", netName, "--cidr", cidr, "--ports-from", "5000"}, common...)...)
 	require.Equal(t, 0, r.code, r.stdout+r.stderr)
 	addr := strings.TrimSuffix(cidr, "0/24") + "254"
-	base := withPorts[1]
+	base := "5000"
 	assert.Contains(t, r.stdout, fmt.Sprintf("'*=http://%s:%s'", addr, base), "the one-line mirror at the container's address")
 	assert.Contains(t, r.stdout, "talosctl cluster create docker --name "+netName)
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,10 +29,10 @@ import (
 )
 
 // detachWorld is what a detach test works on: fixtures' upstreams, a
-// storage directory, a container name, and the flags naming them (common:
-// upstreams and storage; withPorts: those and free ports). The container is
-// removed when the test ends, whatever it did.
-func detachWorld(t *testing.T, cli *client.Client, namePrefix string) (ups *fixtures.Upstreams, storage, name string, common, withPorts []string) {
+// storage directory, a container name, and the flags naming upstreams and
+// storage (common). The container is removed when the test ends, whatever
+// it did.
+func detachWorld(t *testing.T, cli *client.Client, namePrefix string) (ups *fixtures.Upstreams, storage, name string, common []string) {
 	t.Helper()
 	ownRunDir(t) // this test's containers and records, not another test binary's
 	ups = fixtures.NewTalosUpstreams(t, "v1.13.0", fixtures.WithScale(0.002), fixtures.Unthrottled())
@@ -41,23 +42,36 @@ func detachWorld(t *testing.T, cli *client.Client, namePrefix string) (ups *fixt
 	for _, u := range ups.Upstreams() {
 		common = append(common, "--upstream", u.Host()+"="+u.URL())
 	}
-	withPorts = append([]string{"--ports-from", fmt.Sprint(freeBase(t, len(ups.Upstreams())))}, common...)
 	t.Cleanup(func() {
 		_, _ = cli.ContainerRemove(context.Background(), name, client.ContainerRemoveOptions{Force: true})
 	})
-	return ups, storage, name, common, withPorts
+	return ups, storage, name, common
+}
+
+// upDetached runs `up --detach` with args and common on host ports drawn
+// by onDrawnPorts, and requires it to succeed. It returns what up printed
+// and withPorts, the --ports-from flag with common, for the commands that
+// follow.
+func upDetached(t *testing.T, n int, common []string, args ...string) (stdout string, withPorts []string) {
+	t.Helper()
+	var r result
+	base, _ := onDrawnPorts(t, n, func(base int) string {
+		r = cli2(t, append(append([]string{"up", "--detach", "--ports-from", fmt.Sprint(base)}, args...), common...)...)
+		return r.stdout + r.stderr
+	})
+	require.Equal(t, 0, r.code, r.stdout+r.stderr)
+	return r.stdout, append([]string{"--ports-from", fmt.Sprint(base)}, common...)
 }
 
 func TestDetachedCachesSurviveRestartAndDownCleansUp(t *testing.T) {
 	cli := dockerenv.Require(t)
 	ctx := t.Context()
-	ups, storage, name, common, withPorts := detachWorld(t, cli, "pullthrough-test")
+	ups, storage, name, common := detachWorld(t, cli, "pullthrough-test")
 
-	r := cli2(t, append([]string{"up", "--detach", "--name", name, "--bridge", "127.0.0.1"}, withPorts...)...)
-	require.Equal(t, 0, r.code, r.stdout+r.stderr)
-	assert.Contains(t, r.stdout, "talosctl cluster create docker")
-	assert.Contains(t, r.stdout, "pullthrough down --name "+name, "the hint acts on this container")
-	r = cli2(t, "status") // no flags: found by its label, whatever its name and ports
+	printed, withPorts := upDetached(t, len(ups.Upstreams()), common, "--name", name, "--bridge", "127.0.0.1")
+	assert.Contains(t, printed, "talosctl cluster create docker")
+	assert.Contains(t, printed, "pullthrough down --name "+name, "the hint acts on this container")
+	r := cli2(t, "status") // no flags: found by its label, whatever its name and ports
 	require.Equal(t, 0, r.code, r.stderr)
 	assert.Contains(t, r.stdout, storage, "status with no flags finds the detached caches")
 	r = cli2(t, append([]string{"up", "--detach", "--name", name}, withPorts...)...)
@@ -101,20 +115,11 @@ func TestDetachNeverTouchesAContainerItDidNotMake(t *testing.T) {
 	cli := dockerenv.Require(t)
 	ctx := t.Context()
 	name := fmt.Sprintf("pullthrough-foreign-%d", os.Getpid())
-	// Someone else's container under the name: made from any local image.
-	imgs, err := cli.ImageList(ctx, client.ImageListOptions{})
+	// Someone else's container under the name, from an image of this
+	// project's that is not pullthrough's.
+	image, err := dockerenv.BuildToolImage(ctx, cli, "github.com/pullthrough/pullthrough/internal/tools/mirrorprobe",
+		"pullthrough.local/mirror-probe", "mirrorprobe", nil)
 	require.NoError(t, err)
-	var image string
-	for _, im := range imgs.Items {
-		for _, tag := range im.RepoTags {
-			if strings.HasPrefix(tag, "pullthrough.local/pullthrough:") { // kept: no test removes it
-				image = tag
-			}
-		}
-	}
-	if image == "" {
-		t.Skip("no local pullthrough.local image to make a foreign container from (run the detach test first)")
-	}
 	_, err = cli.ContainerCreate(ctx, client.ContainerCreateOptions{Name: name, Config: &container.Config{Image: image}})
 	require.NoError(t, err)
 	t.Cleanup(func() {
@@ -153,11 +158,10 @@ func TestDetachedComesBackWithTheDockerDaemon(t *testing.T) {
 		t.Skipf("restarts the Docker daemon, which would break the other tests running beside it: set %s=1 to run it alone (.ci/run does, after the suite)", envRestartDockerd)
 	}
 	cli := dockerenv.Require(t)
-	ups, _, name, common, withPorts := detachWorld(t, cli, "pullthrough-daemon")
+	ups, _, name, common := detachWorld(t, cli, "pullthrough-daemon")
 
-	r := cli2(t, append([]string{"up", "--detach", "--name", name, "--bridge", "127.0.0.1"}, withPorts...)...)
-	require.Equal(t, 0, r.code, r.stdout+r.stderr)
-	r = cli2(t, append([]string{"prefetch", "--talos", "v1.13.0"}, common...)...)
+	_, withPorts := upDetached(t, len(ups.Upstreams()), common, "--name", name, "--bridge", "127.0.0.1")
+	r := cli2(t, append([]string{"prefetch", "--talos", "v1.13.0"}, common...)...)
 	require.Equal(t, 0, r.code, r.stdout+r.stderr)
 
 	restartDockerd(t)
@@ -213,4 +217,25 @@ func pullThroughRunning(t *testing.T, withPorts []string, ups *fixtures.Upstream
 			require.NoError(t, err, img.Ref())
 		}
 	}
+}
+
+// A detached up whose caches cannot start (a port held by another program)
+// fails naming the port, and leaves no container behind for restart:
+// always to start again and again.
+func TestDetachThatCannotStartLeavesNoContainer(t *testing.T) {
+	cli := dockerenv.Require(t)
+	ups, storage, name, _ := detachWorld(t, cli, "pullthrough-taken")
+	held, err := net.Listen("tcp", "0.0.0.0:0")
+	require.NoError(t, err)
+	defer held.Close()
+	port := held.Addr().(*net.TCPAddr).Port
+	u := ups.Upstreams()[0]
+	r := cli2(t, "up", "--detach", "--name", name, "--bridge", "127.0.0.1", "--storage", storage,
+		"--upstream", u.Host()+"="+u.URL(), "--ports-from", fmt.Sprint(port))
+	assert.Equal(t, 1, r.code, r.stdout+r.stderr)
+	assert.Contains(t, r.stderr, fmt.Sprintf("port %d", port))
+	assert.Contains(t, r.stderr, cache.ErrPortInUse.Error())
+	assert.Contains(t, r.stderr, "the container was removed")
+	_, err = cli.ContainerInspect(t.Context(), name, client.ContainerInspectOptions{})
+	assert.Error(t, err, "container %s is left after a failed detach", name)
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"archive/tar"
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -11,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,6 +28,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/pullthrough/pullthrough/cache"
 	"github.com/pullthrough/pullthrough/fixtures"
 )
 
@@ -95,35 +94,40 @@ func TestUsageErrors(t *testing.T) {
 	assert.Contains(t, r.stderr, "stdin line 2", "a bad reference names its line")
 }
 
-// freeBase finds n consecutive free ports for a child process to bind. It
-// draws them below the kernel's ephemeral range, where the ports the OS
-// picks (every cachetest cache of the packages running beside this one,
-// every outgoing connection) never are, so a port is not taken between the
-// check here and the child's bind but by another such draw.
-func freeBase(t *testing.T, n int) int {
+// drawBase draws n consecutive ports below the kernel's ephemeral range,
+// where no port the OS picks for others (listeners on :0, outgoing
+// connections) is. It does not check them: the child's own bind does, and
+// onDrawnPorts draws again when the child says a port is taken.
+func drawBase(t *testing.T, n int) int {
 	t.Helper()
 	low := 32768
 	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
 		fmt.Sscan(string(b), &low)
 	}
 	require.Greater(t, low, 12000+n, "the ephemeral port range starts too low to draw fixed ports below it")
-	for try := 0; try < 50; try++ {
-		base := 10000 + rand.Intn(low-10000-n)
-		ok := true
-		for i := 0; i < n && ok; i++ {
-			l, err := net.Listen("tcp", fmt.Sprintf("0.0.0.0:%d", base+i))
-			if err != nil {
-				ok = false
-				continue
-			}
-			l.Close()
+	return 10000 + rand.Intn(low-10000-n)
+}
+
+// onDrawnPorts calls start with drawn bases of n ports until what it
+// returns does not report a port in use (another program took one first),
+// ten draws at most. It returns the base and start's last output.
+func onDrawnPorts(t *testing.T, n int, start func(base int) (output string)) (int, string) {
+	t.Helper()
+	var out string
+	for range 10 {
+		base := drawBase(t, n)
+		if out = start(base); !strings.Contains(out, cache.ErrPortInUse.Error()) {
+			return base, out
 		}
-		if ok {
-			return base
-		}
+		t.Logf("ports from %d: %s; drawing again", base, lastLine(out))
 	}
-	t.Fatal("no free port range")
-	return 0
+	t.Fatalf("ten draws of %d ports were all in use: %s", n, out)
+	return 0, ""
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
 }
 
 func TestEndToEnd(t *testing.T) {
@@ -133,32 +137,19 @@ func TestEndToEnd(t *testing.T) {
 	for _, u := range ups.Upstreams() {
 		common = append(common, "--upstream", u.Host()+"="+u.URL())
 	}
-	base := freeBase(t, len(ups.Upstreams()))
+	// up, in the background, as a user would.
+	base, up := upOnDrawnPorts(t, len(ups.Upstreams()), func(base int) []string {
+		return append([]string{"--bridge", "127.0.0.1", "--ports-from", fmt.Sprint(base)}, common...)
+	})
 	withPorts := append([]string{"--ports-from", fmt.Sprint(base)}, common...)
 
-	// verify before anything is cached: exit 3, naming an image.
+	// verify finds what up's caches do not have yet: exit 3, naming an image.
 	r := cli(t, "", append([]string{"verify", "--talos", "v1.13.0"}, common...)...)
 	assert.Equal(t, 3, r.code, r.stdout+r.stderr)
 	assert.Contains(t, r.stdout, "missing  registry.k8s.io/pause:3.10.1")
 
-	// up, in the background, as a user would.
-	up := exec.Command(binary, append([]string{"up", "--bridge", "127.0.0.1"}, withPorts...)...)
-	stdout, err := up.StdoutPipe()
-	require.NoError(t, err)
-	var upErr lockedBuffer
-	up.Stderr = &upErr
-	require.NoError(t, up.Start())
-	t.Cleanup(func() { _ = up.Process.Kill(); _ = up.Wait() })
-	sc := bufio.NewScanner(stdout)
-	var printed []string
-	for sc.Scan() {
-		printed = append(printed, sc.Text())
-		if strings.HasPrefix(sc.Text(), "# Talos config patches") {
-			break
-		}
-	}
-	text := strings.Join(printed, "\n")
-	require.Contains(t, text, "talosctl cluster create docker \\", "the docker provisioner's form: %s %s", text, upErr.String())
+	text := up.printed
+	require.Contains(t, text, "talosctl cluster create docker \\", "the docker provisioner's form: %s", text)
 	assert.Contains(t, text, "talosctl cluster create qemu --cidr 10.5.0.0/24 \\")
 	assert.Contains(t, text, fmt.Sprintf("--registry-mirror registry.k8s.io=http://10.5.0.1:%d", base+indexOf(ups, "registry.k8s.io")))
 
@@ -222,10 +213,10 @@ func TestEndToEnd(t *testing.T) {
 	assert.Contains(t, r.stderr, "not empty")
 
 	// SIGTERM: up prints what each cache did and exits 0.
-	require.NoError(t, up.Process.Signal(syscall.SIGTERM))
-	rest, _ := io.ReadAll(stdout)
-	require.NoError(t, up.Wait())
-	assert.Contains(t, string(rest), "# registry.k8s.io:")
+	require.NoError(t, up.cmd.Process.Signal(syscall.SIGTERM))
+	<-up.done
+	require.NoError(t, up.cmd.Wait())
+	assert.Contains(t, up.rest.String(), "# registry.k8s.io:")
 
 	// gc to zero, then verify fails again.
 	r = cli(t, "", append([]string{"gc", "--max-size", "0"}, common...)...)

@@ -35,6 +35,41 @@ func ownRunDir(t *testing.T) {
 // ends, and returns what it printed before it began serving.
 func startUp(t *testing.T, args ...string) string {
 	t.Helper()
+	p, failed := tryUp(t, args...)
+	if p == nil {
+		t.Fatalf("up stopped before serving: %s", failed)
+	}
+	return p.printed
+}
+
+// upOnDrawnPorts is startUp on n ports drawn by onDrawnPorts: args(base)
+// names them. It returns the base and the running up.
+func upOnDrawnPorts(t *testing.T, n int, args func(base int) []string) (int, *upProc) {
+	t.Helper()
+	var p *upProc
+	base, failed := onDrawnPorts(t, n, func(base int) string {
+		var failed string
+		p, failed = tryUp(t, args(base)...)
+		return failed
+	})
+	if p == nil {
+		t.Fatalf("up stopped before serving: %s", failed)
+	}
+	return base, p
+}
+
+// upProc is an `up` that began serving.
+type upProc struct {
+	cmd     *exec.Cmd
+	printed string        // before it began serving
+	rest    *lockedBuffer // after
+	done    chan struct{} // closed when its standard output ends
+}
+
+// tryUp starts `up` as startUp does. When up stops before serving, it
+// returns nil and everything up printed instead.
+func tryUp(t *testing.T, args ...string) (*upProc, string) {
+	t.Helper()
 	up := exec.Command(binary, append([]string{"up"}, args...)...)
 	stdout, err := up.StdoutPipe()
 	require.NoError(t, err)
@@ -43,19 +78,22 @@ func startUp(t *testing.T, args ...string) string {
 	require.NoError(t, up.Start())
 	t.Cleanup(func() { _ = up.Process.Kill(); _ = up.Wait() })
 	sc := bufio.NewScanner(stdout)
-	var printed []string
+	var lines []string
 	for sc.Scan() {
-		printed = append(printed, sc.Text())
+		lines = append(lines, sc.Text())
 		if strings.HasPrefix(sc.Text(), "# Talos config patches") {
+			p := &upProc{cmd: up, printed: strings.Join(lines, "\n"), rest: &lockedBuffer{}, done: make(chan struct{})}
 			go func() {
+				defer close(p.done)
 				for sc.Scan() {
+					fmt.Fprintln(p.rest, sc.Text())
 				}
 			}()
-			return strings.Join(printed, "\n")
+			return p, ""
 		}
 	}
-	t.Fatalf("up stopped before serving: %s %s", strings.Join(printed, "\n"), upErr.String())
-	return ""
+	_ = up.Wait()
+	return nil, strings.Join(lines, "\n") + upErr.String()
 }
 
 func upstreamFlags(ups *fixtures.Upstreams) []string {
@@ -182,8 +220,10 @@ func TestCommandsFindWhatRuns(t *testing.T) {
 	t.Setenv("XDG_CACHE_HOME", filepath.Join(home, ".cache"))
 	ups := fixtures.NewTalosUpstreams(t, "v1.13.0", fixtures.WithScale(0.002), fixtures.Unthrottled())
 	storage := t.TempDir()
-	base := freeBase(t, len(ups.Upstreams()))
-	printed := startUp(t, append([]string{"--ports-from", fmt.Sprint(base), "--storage", storage, "--bridge", "10.99.0.1"}, upstreamFlags(ups)...)...)
+	base, up := upOnDrawnPorts(t, len(ups.Upstreams()), func(base int) []string {
+		return append([]string{"--ports-from", fmt.Sprint(base), "--storage", storage, "--bridge", "10.99.0.1"}, upstreamFlags(ups)...)
+	})
+	printed := up.printed
 	assert.NotContains(t, printed, "docker0's 10.99.0.1", "--bridge is not docker0")
 	assert.Contains(t, printed, fmt.Sprintf("talosctl cluster create docker --registry-mirror '*=http://10.99.0.1:%d'", base), "the one-line form")
 

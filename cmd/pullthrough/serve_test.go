@@ -127,30 +127,37 @@ type instance struct {
 }
 
 // startServe starts one `pullthrough serve` process of the fleet, with
-// extra flags after the fleet's own.
+// extra flags after the fleet's own, on a port drawn by onDrawnPorts.
 func startServe(t *testing.T, o *origin, redisAddr, s3Addr string, claimTTL string, extra ...string) *instance {
 	t.Helper()
-	port := freeBase(t, 1)
-	args := append([]string{"serve", "--upstream", "registry.test=" + o.URL, "--ports-from", fmt.Sprint(port),
-		"--storage", t.TempDir(), "--s3-endpoint", "http://" + s3Addr, "--s3-bucket", fleettest.Bucket,
-		"--redis", "redis://" + redisAddr, "--advertise", "127.0.0.1", "--listen", "127.0.0.1", "--claim-ttl", claimTTL}, extra...)
-	cmd := exec.Command(binary, args...)
-	cmd.Env = append(cmd.Environ(), "AWS_ACCESS_KEY_ID="+fleettest.AccessKey, "AWS_SECRET_ACCESS_KEY="+fleettest.SecretKey)
-	stdout, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	sc := bufio.NewScanner(stdout)
-	for sc.Scan() {
-		if sc.Text() == "# ready" {
-			go func() { _, _ = io.Copy(io.Discard, stdout) }()
-			return &instance{cmd: cmd, addr: fmt.Sprintf("127.0.0.1:%d", port)}
+	var in *instance
+	_, failed := onDrawnPorts(t, 1, func(port int) string {
+		args := append([]string{"serve", "--upstream", "registry.test=" + o.URL, "--ports-from", fmt.Sprint(port),
+			"--storage", t.TempDir(), "--s3-endpoint", "http://" + s3Addr, "--s3-bucket", fleettest.Bucket,
+			"--redis", "redis://" + redisAddr, "--advertise", "127.0.0.1", "--listen", "127.0.0.1", "--claim-ttl", claimTTL}, extra...)
+		cmd := exec.Command(binary, args...)
+		cmd.Env = append(cmd.Environ(), "AWS_ACCESS_KEY_ID="+fleettest.AccessKey, "AWS_SECRET_ACCESS_KEY="+fleettest.SecretKey)
+		stdout, err := cmd.StdoutPipe()
+		require.NoError(t, err)
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		require.NoError(t, cmd.Start())
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if sc.Text() == "# ready" {
+				go func() { _, _ = io.Copy(io.Discard, stdout) }()
+				in = &instance{cmd: cmd, addr: fmt.Sprintf("127.0.0.1:%d", port)}
+				return ""
+			}
 		}
+		_ = cmd.Wait()
+		return "serve did not start: " + stderr.String()
+	})
+	if in == nil {
+		t.Fatal(failed)
 	}
-	t.Fatalf("serve did not start: %s", stderr.String())
-	return nil
+	return in
 }
 
 func getDigest(ctx context.Context, addr, repo string, d v1.Hash) (string, error) {
