@@ -1,9 +1,11 @@
 package cachetest_test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -48,10 +50,12 @@ func TestBadInputIsNamed(t *testing.T) {
 			assert.Contains(t, err.Error(), tc.want)
 		})
 	}
-	if os.Geteuid() != 0 { // root writes anywhere
+	t.Run("read-only storage", func(t *testing.T) {
+		readOnlyDir(t, readOnly)
 		_, err := cache.Start(testCtx(t), cache.WithUpstreams(good), cache.WithStorageDir(readOnly))
 		assert.ErrorContains(t, err, "is not writable")
-	}
+		assert.ErrorContains(t, err, readOnly)
+	})
 	_, err := cache.Start(testCtx(t), cache.WithUpstreams(good), cache.WithListenAddrs("192.0.2.55"), cache.WithStorageDir(t.TempDir()))
 	assert.ErrorIs(t, err, cache.ErrAddrNotLocal)
 }
@@ -115,4 +119,26 @@ func skipUnlessCI(t *testing.T, format string, args ...any) {
 		t.Fatalf("CI=true: "+format, args...)
 	}
 	t.Skipf(format, args...)
+}
+
+// readOnlyDir makes dir unwritable for this process: its mode does for a
+// user; root writes through any mode, so for root dir becomes a read-only
+// tmpfs until the test ends.
+func readOnlyDir(t *testing.T, dir string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		return // made 0500
+	}
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", syscall.MS_RDONLY, "size=64k"); err != nil {
+		msg := fmt.Sprintf("root writes through any mode, and mounting a read-only tmpfs on %s failed: %v", dir, err)
+		if os.Getenv("CI") == "true" {
+			t.Fatal("CI=true: " + msg)
+		}
+		t.Skip(msg)
+	}
+	t.Cleanup(func() {
+		if err := syscall.Unmount(dir, 0); err != nil {
+			t.Errorf("unmounting the read-only tmpfs on %s: %v", dir, err)
+		}
+	})
 }

@@ -166,20 +166,29 @@ func TestOnlyPullsReachUpstream(t *testing.T) {
 		for _, m := range []string{http.MethodDelete, http.MethodPut, http.MethodPost, http.MethodPatch} {
 			for _, p := range []string{"/v2/app/manifests/v1", "/v2/app/blobs/uploads/", "/v2/../admin/x", "/admin"} {
 				req, _ := http.NewRequestWithContext(context.Background(), m, "http://127.0.0.1:"+strconv.Itoa(port)+p, strings.NewReader("{}"))
-				if resp, err := client.Do(req); err == nil {
-					resp.Body.Close()
-				}
+				refused(t, client, req)
 			}
 		}
 		for _, p := range []string{"/v2/../admin/x", "/v2/app/../../admin/manifests/v1", "/admin", "/v2/_catalog"} {
-			if resp, err := client.Get("http://127.0.0.1:" + strconv.Itoa(port) + p); err == nil {
-				resp.Body.Close()
-			}
+			req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, "http://127.0.0.1:"+strconv.Itoa(port)+p, nil)
+			refused(t, client, req)
 		}
 	}
 	mu.Lock()
 	defer mu.Unlock()
 	assert.Empty(t, seen, "requests that reached upstream")
+}
+
+// refused sends req and requires an answer that refuses it (4xx): a port
+// that does not answer at all proves nothing.
+func refused(t *testing.T, client *http.Client, req *http.Request) {
+	t.Helper()
+	resp, err := client.Do(req)
+	if !assert.NoError(t, err, "%s %s", req.Method, req.URL) {
+		return
+	}
+	resp.Body.Close()
+	assert.True(t, resp.StatusCode >= 400 && resp.StatusCode < 500, "%s %s: %s, want a refusal", req.Method, req.URL, resp.Status)
 }
 
 // listeningPorts lists the TCP ports this process listens on, from
