@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/pullthrough/pullthrough/cache"
 	"github.com/pullthrough/pullthrough/cachetest"
+	"github.com/pullthrough/pullthrough/internal/testnet"
 )
 
 type registryError struct {
@@ -46,13 +46,7 @@ func getErr(t *testing.T, url string) (registryError, time.Duration) {
 // TestErrorsSayWhatFailed: each upstream failure reaches the client as the
 // distribution spec's error, with a status that says what failed.
 func TestErrorsSayWhatFailed(t *testing.T) {
-	refused := func() string {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		addr := l.Addr().String()
-		l.Close()
-		return "http://" + addr
-	}
+	refused := func() string { return "http://" + testnet.Refuse(t, "127.0.0.1").Addr }
 	answer := func(status int, header map[string]string, body string) string {
 		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			for k, v := range header {

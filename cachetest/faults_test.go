@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/pullthrough/pullthrough/cache"
 	"github.com/pullthrough/pullthrough/cachetest"
+	"github.com/pullthrough/pullthrough/internal/testnet"
 )
 
 func TestConcurrentColdPullsFetchEachBlobOnce(t *testing.T) {
@@ -79,24 +79,20 @@ func TestStrictModeNamesWhatIsNotCached(t *testing.T) {
 }
 
 func TestUnreachableAtStartThenBack(t *testing.T) {
-	// Reserve a port, then free it: the upstream is "down" at start.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := l.Addr().String()
-	require.NoError(t, l.Close())
+	// A port held and refusing: the upstream is "down" at start.
+	down := testnet.Refuse(t, "127.0.0.1")
+	addr := down.Addr
 
 	set := cachetest.New(t, cache.WithUpstreams(cache.Upstream{Host: "registry.test", URL: "http://" + addr}))
 	c := set.Cache("registry.test")
-	_, err = pull(testCtx(t), c, "app:v1")
+	_, err := pull(testCtx(t), c, "app:v1")
 	require.Error(t, err, "nothing cached and upstream down")
 
 	up := newTestUpstream(t)
 	img := up.push(t, "app:v1", 8)
 	back := &http.Server{Handler: up.Config.Handler}
-	l, err = net.Listen("tcp", addr)
-	if err != nil {
-		t.Skipf("port %s was taken by another process meanwhile: %v", addr, err)
-	}
+	l, err := down.Listen() // the same port, never free in between
+	require.NoError(t, err)
 	go back.Serve(l)
 	t.Cleanup(func() { back.Close() })
 

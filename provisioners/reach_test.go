@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"strconv"
 	"testing"
 	"time"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/pullthrough/pullthrough/cache"
 	"github.com/pullthrough/pullthrough/fixtures"
+	"github.com/pullthrough/pullthrough/internal/testnet"
 	"github.com/pullthrough/pullthrough/provisioners"
 )
 
@@ -24,11 +24,8 @@ func TestUnreachableMirrorFailsBeforeAnyNodeIsCreated(t *testing.T) {
 	w := newStandinWorld(t)
 	bridge, err := cache.DockerBridgeIP()
 	require.NoError(t, err)
-	// A port this test holds and never answers on.
-	l, err := net.Listen("tcp", net.JoinHostPort(bridge, "0"))
-	require.NoError(t, err)
-	port := l.Addr().(*net.TCPAddr).Port
-	require.NoError(t, l.Close()) // closed: connections are refused
+	// A port this test holds and never answers on: connections are refused.
+	port := testnet.Refuse(t, bridge).Port()
 	spec := clusterSpec(t, "unreach", w.image, 5)
 	mirror := fmt.Sprintf("http://%s:%d", bridge, port)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)

@@ -22,12 +22,13 @@ import (
 
 	"github.com/pullthrough/pullthrough/internal/engine"
 	"github.com/pullthrough/pullthrough/internal/fleettest"
+	"github.com/pullthrough/pullthrough/internal/testnet"
 )
 
 // servers are one test's real Redis and S3 (versitygw); fleettest skips the
 // test when they are not installed, and fails it under CI=true.
 type servers struct {
-	redis *fleettest.Server
+	redis *testnet.Server
 	s3    string // http://host:port
 	rdb   *redis.Client
 	obj   *s3.Client

@@ -1,0 +1,229 @@
+// Package testnet is what tests need of the network beyond a listener on
+// :0: servers of other programs started on a port of their own (drawn, and
+// drawn again when the bind fails, with readiness checked against the very
+// process started), and a port that refuses connections while the test
+// holds it. Tests only.
+package testnet
+
+import (
+	"fmt"
+	"math/rand"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// DrawPort draws a port below the kernel's ephemeral range, where no port
+// the OS picks for others (listeners on :0, outgoing connections) is. It
+// does not check the port: the server's own bind does, and StartServer
+// draws again when that fails.
+func DrawPort() int {
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		fmt.Sscan(string(b), &low)
+	}
+	return 10000 + rand.Intn(max(low-10000, 1000))
+}
+
+// Server is a process the test started.
+type Server struct {
+	Addr   string // 127.0.0.1:port
+	cmd    *exec.Cmd
+	exited chan struct{} // closed when the process has exited and been waited for
+}
+
+// Stop kills the server and waits for it (idempotent); the test's cleanup
+// calls it too.
+func (s *Server) Stop() {
+	_ = s.cmd.Process.Kill()
+	<-s.exited
+}
+
+// StartServer runs the server that args(port) describes on a drawn port, and
+// returns once that process (not another that holds the port) listens on
+// it and ready(addr) says it answers. A server that exits first (its port
+// was taken, say) is started again on another port.
+func StartServer(tb testing.TB, name string, args func(port int) []string, ready func(addr string) bool) *Server {
+	tb.Helper()
+	var exits []string
+	for range 5 {
+		port := DrawPort()
+		s, out := launch(tb, name, port, args(port))
+		if s.await(port, ready) {
+			tb.Cleanup(s.Stop)
+			return s
+		}
+		select {
+		case <-s.exited:
+			exits = append(exits, fmt.Sprintf("on port %d: %s: %s", port, s.cmd.ProcessState, lastLine(out.String())))
+		default:
+			s.Stop()
+			tb.Fatalf("%s did not answer on %s within %s: %s", name, s.Addr, startTimeout, out.String())
+		}
+	}
+	tb.Fatalf("%s exited at start five times: %s", name, strings.Join(exits, "; "))
+	return nil
+}
+
+const startTimeout = 20 * time.Second
+
+func launch(tb testing.TB, name string, port int, args []string) (*Server, *lockedBuffer) {
+	tb.Helper()
+	cmd := exec.Command(name, args...)
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		tb.Fatalf("starting %s: %v", name, err)
+	}
+	s := &Server{Addr: "127.0.0.1:" + strconv.Itoa(port), cmd: cmd, exited: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(s.exited) }()
+	return s, out
+}
+
+// await polls until the server's own process listens on port and answers
+// (true), or it exits or the start timeout passes (false).
+func (s *Server) await(port int, ready func(addr string) bool) bool {
+	deadline := time.Now().Add(startTimeout)
+	for time.Now().Before(deadline) {
+		select {
+		case <-s.exited:
+			return false
+		default:
+		}
+		if Listens(s.cmd.Process.Pid, port) && ready(s.Addr) {
+			return true
+		}
+		time.Sleep(20 * time.Millisecond) // polling a new process's sockets
+	}
+	return false
+}
+
+// Listens reports whether process pid holds a TCP socket listening on
+// 127.0.0.1:port or the wildcard address (Linux's /proc: the socket's inode
+// in /proc/net/tcp, and a descriptor of pid's naming it).
+func Listens(pid, port int) bool {
+	inodes := map[string]bool{}
+	for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(table)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			f := strings.Fields(line)
+			if len(f) < 10 || f[3] != "0A" { // 0A: LISTEN
+				continue
+			}
+			_, hexPort, ok := strings.Cut(f[1], ":")
+			if p, err := strconv.ParseUint(hexPort, 16, 16); ok && err == nil && int(p) == port {
+				inodes[f[9]] = true
+			}
+		}
+	}
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return false
+	}
+	for _, fd := range fds {
+		link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+		if err != nil {
+			continue
+		}
+		if inode, ok := strings.CutPrefix(link, "socket:["); ok && inodes[strings.TrimSuffix(inode, "]")] {
+			return true
+		}
+	}
+	return false
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}
+
+// lockedBuffer collects a child's output while the test reads it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// Refusing is a TCP port that refuses connections (nothing listens on it)
+// while the test holds it: a socket bound without SO_REUSEADDR and not
+// listening, so no other bind, listener on :0 or outgoing connection takes
+// the port. Listen turns it into a listener later, for an upstream that is
+// down first and back after, with no moment where another program can take
+// the port.
+type Refusing struct {
+	Addr string // ip:port
+	fd   int
+	once sync.Once
+}
+
+// Refuse holds a refusing port on ip (an IPv4 address of this host) until
+// the test ends.
+func Refuse(tb testing.TB, ip string) *Refusing {
+	tb.Helper()
+	ip4 := net.ParseIP(ip).To4()
+	if ip4 == nil {
+		tb.Fatalf("testnet.Refuse(%q): want an IPv4 address", ip)
+	}
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		tb.Fatalf("socket: %v", err)
+	}
+	sa := &syscall.SockaddrInet4{}
+	copy(sa.Addr[:], ip4)
+	if err := syscall.Bind(fd, sa); err != nil {
+		syscall.Close(fd)
+		tb.Fatalf("binding %s:0: %v", ip, err)
+	}
+	got, err := syscall.Getsockname(fd)
+	if err != nil {
+		syscall.Close(fd)
+		tb.Fatalf("getsockname: %v", err)
+	}
+	r := &Refusing{Addr: net.JoinHostPort(ip, strconv.Itoa(got.(*syscall.SockaddrInet4).Port)), fd: fd}
+	tb.Cleanup(func() { r.once.Do(func() { syscall.Close(fd) }) })
+	return r
+}
+
+// Port is the refusing port.
+func (r *Refusing) Port() int {
+	_, p, _ := net.SplitHostPort(r.Addr)
+	n, _ := strconv.Atoi(p)
+	return n
+}
+
+// Listen makes the held port listen, and hands it over: from now on the
+// listener is the caller's to close.
+func (r *Refusing) Listen() (net.Listener, error) {
+	var l net.Listener
+	err := fmt.Errorf("testnet: %s was already handed over", r.Addr)
+	r.once.Do(func() {
+		if err = syscall.Listen(r.fd, 128); err != nil {
+			syscall.Close(r.fd)
+			return
+		}
+		f := os.NewFile(uintptr(r.fd), r.Addr)
+		l, err = net.FileListener(f)
+		f.Close() // FileListener holds a duplicate
+	})
+	return l, err
+}

@@ -1,0 +1,78 @@
+package testnet
+
+import (
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// A listener of another process on the port is not the server's: listens
+// tells them apart by the socket's owner.
+func TestListensNamesTheProcessThatHoldsThePort(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	port := l.Addr().(*net.TCPAddr).Port
+	assert.True(t, Listens(os.Getpid(), port), "this process listens on %d", port)
+	assert.False(t, Listens(os.Getppid(), port), "the parent does not")
+	assert.False(t, Listens(os.Getpid(), port+1), "nor on another port")
+}
+
+// A server whose port is taken exits, and start draws another port.
+func TestStartDrawsAgainWhenTheServerCannotBind(t *testing.T) {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("CI=true: redis-server is not installed (scripts/fleet-up installs it): %v", err)
+		}
+		t.Skipf("redis-server is not installed (scripts/fleet-up installs it): %v", err)
+	}
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer taken.Close()
+	takenPort := taken.Addr().(*net.TCPAddr).Port
+	calls := 0
+	s := StartServer(t, bin, func(port int) []string {
+		calls++
+		if calls == 1 {
+			port = takenPort // as if another process had bound it first
+		}
+		return []string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir()}
+	}, func(string) bool { return true })
+	assert.Equal(t, 2, calls, "started again after the first exited")
+	assert.NotEqual(t, "127.0.0.1:"+strconv.Itoa(takenPort), s.Addr)
+	_, p, _ := net.SplitHostPort(s.Addr)
+	port, _ := strconv.Atoi(p)
+	assert.True(t, Listens(s.cmd.Process.Pid, port), "the server answers on %s", s.Addr)
+}
+
+// A refusing port refuses connections and binds, and listens once handed
+// over.
+func TestRefusingPortRefusesUntilItListens(t *testing.T) {
+	r := Refuse(t, "127.0.0.1")
+	_, err := net.DialTimeout("tcp", r.Addr, time.Second)
+	require.ErrorIs(t, err, syscall.ECONNREFUSED, "a connection to the held port")
+	_, err = net.Listen("tcp", r.Addr)
+	require.ErrorIs(t, err, syscall.EADDRINUSE, "another listener on the held port")
+
+	l, err := r.Listen()
+	require.NoError(t, err)
+	defer l.Close()
+	go func() {
+		if c, err := l.Accept(); err == nil {
+			c.Close()
+		}
+	}()
+	c, err := net.DialTimeout("tcp", r.Addr, time.Second)
+	require.NoError(t, err, "a connection once it listens")
+	c.Close()
+	_, err = r.Listen()
+	assert.Error(t, err, "handed over twice")
+}
