@@ -54,6 +54,7 @@ type Cache struct {
 	maxConns int
 
 	closeOnce sync.Once
+	shutOnce  sync.Once // close runs once
 
 	mu         sync.Mutex
 	servers    []*http.Server
@@ -281,7 +282,8 @@ func closeListeners(lns []net.Listener) {
 	}
 }
 
-// Close stops every cache the set started. Content stays in storage.
+// Close stops every cache the set started. Content stays in storage. A
+// second Close does nothing and returns nil.
 func (s *Set) Close() error {
 	s.unrecord()
 	var errs []error
@@ -450,7 +452,15 @@ func remoteStats(hostPort string) (Stats, error) {
 	return s, json.NewDecoder(resp.Body).Decode(&s)
 }
 
+// close stops the cache; a second call waits for the first and does
+// nothing more (nil).
 func (c *Cache) close() error {
+	first := false
+	c.shutOnce.Do(func() { first = true })
+	if !first {
+		c.wg.Wait()
+		return nil
+	}
 	c.closeOnce.Do(func() { close(c.stop) })
 	c.wg.Wait()
 	var errs []error

@@ -41,6 +41,10 @@ type faultyUpstream struct {
 	blobGETs     atomic.Int64
 	manifestGETs atomic.Int64
 	gate         atomic.Pointer[func()] // called before a blob GET is answered
+	// pauseAt > 0: the next blob GET sends this many bytes, then waits for
+	// pause to close (one GET only).
+	pauseAt atomic.Int64
+	pause   chan struct{}
 }
 
 func newFaultyUpstream(tb testing.TB) *faultyUpstream {
@@ -66,6 +70,14 @@ func newFaultyUpstream(tb testing.TB) *faultyUpstream {
 			}
 			if u.trickle.Load() {
 				w = &trickleWriter{ResponseWriter: w, ctx: r.Context()}
+			}
+			if at := u.pauseAt.Swap(0); at > 0 {
+				w = &pausingWriter{ResponseWriter: w, left: at, wait: func() {
+					select {
+					case <-u.pause:
+					case <-r.Context().Done():
+					}
+				}}
 			}
 		}
 		reg.ServeHTTP(w, r)
@@ -318,13 +330,19 @@ func manifestBodyDigest(t *testing.T, addr, repo, ref string) (int, string) {
 // fleetInstance starts a cold fleet instance for origin's registry.test.
 func fleetInstance(t *testing.T, origin *faultyUpstream, redisAddr, s3Addr string) *cache.Cache {
 	t.Helper()
-	set := startFixedPort(t, origin.upstream("registry.test"), cache.WithStorageDir(t.TempDir()),
+	return fleetSet(t, origin, redisAddr, s3Addr).Cache("registry.test")
+}
+
+// fleetSet is fleetInstance's set, for a test that closes it, with the
+// options given after the fleet's.
+func fleetSet(t *testing.T, origin *faultyUpstream, redisAddr, s3Addr string, opts ...cache.Option) *cache.Set {
+	t.Helper()
+	return startFixedPort(t, origin.upstream("registry.test"), append([]cache.Option{cache.WithStorageDir(t.TempDir()),
 		cache.WithFleet(cache.FleetConfig{
 			S3Endpoint: "http://" + s3Addr, Bucket: fleettest.Bucket,
 			S3Credentials: cache.BasicAuth(fleettest.AccessKey, fleettest.SecretKey),
 			Redis:         "redis://" + redisAddr, Advertise: "127.0.0.1",
-		}))
-	return set.Cache("registry.test")
+		})}, opts...)...)
 }
 
 func isReset(err error) bool { return errors.Is(err, syscall.ECONNRESET) }

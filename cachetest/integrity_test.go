@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -243,6 +244,66 @@ func TestDamagedBucketObjectIsReplacedFromTheOrigin(t *testing.T) {
 			o = fetchBlob(ctx, fleetInstance(t, origin, rd.Addr, s3srv.Addr).Addr(), "app", d, nil)
 			require.True(t, o.complete() && o.digest == d.String(), "a pull after the repair: %s", o)
 			assert.EqualValues(t, 1, origin.blobGETs.Load(), "the repaired object serves the fleet")
+		})
+	}
+}
+
+// An instance streaming another instance's download when that one stops
+// takes the download over from the origin within its client's response:
+// the new bytes must start with what the client already has. When they do,
+// the client gets the whole blob in that one response; when they do not
+// (the origin now sends other bytes), the response is cut and nothing is
+// stored: a client is never handed a body with the wrong digest.
+func TestFleetTakeOverContinuesOnlyOnTheSameBytes(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		flipAt int64 // in the origin's answer to the take-over; -1: none
+	}{
+		{"same bytes", -1},
+		{"other bytes", 100},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rd, s3srv := fleettest.Redis(t), fleettest.S3(t)
+			origin := newFaultyUpstream(t)
+			img, layer := bigImage(t, 2<<20, 96)
+			origin.pushImage(t, "app:v1", img)
+			d := layerDigest(t, layer)
+			origin.pause = make(chan struct{})
+			t.Cleanup(func() { close(origin.pause) })
+			origin.pauseAt.Store(768 << 10)
+			var logs strings.Builder
+			aSet := fleetSet(t, origin, rd.Addr, s3srv.Addr)
+			a := aSet.Cache("registry.test")
+			b := fleetSet(t, origin, rd.Addr, s3srv.Addr, cache.WithLogger(newTextLogger(&logs))).Cache("registry.test")
+			ctx := testCtx(t)
+
+			fromA := make(chan outcome, 1)
+			go func() { fromA <- fetchBlob(ctx, a.Addr(), "app", d, nil) }()
+			require.Eventually(t, func() bool { return origin.blobGETs.Load() == 1 }, 10*time.Second, 5*time.Millisecond)
+			fromB := make(chan outcome, 1)
+			go func() { fromB <- fetchBlob(ctx, b.Addr(), "app", d, nil) }()
+			// B's client has bytes of A's download (the origin holds it,
+			// so they can only be A's) when A stops.
+			require.Eventually(t, func() bool { return b.Stats().ServedBytes > 0 }, 10*time.Second, 5*time.Millisecond)
+			origin.flipAt.Store(tc.flipAt)
+			require.NoError(t, aSet.Close())
+			<-fromA
+			o := <-fromB
+			noWrongBody(t, o, d, "B's client")
+			assert.EqualValues(t, 2, origin.blobGETs.Load(), "A's download and B's take-over")
+			assert.Contains(t, logs.String(), "resuming from the next", "B resumed the download it streamed")
+			if tc.flipAt < 0 {
+				assert.True(t, o.complete() && o.digest == d.String(), "B's client, in the response A's download began: %s", o)
+				return
+			}
+			assert.False(t, o.complete(), "B's client was handed a body the new bytes did not match: %s", o)
+			assert.Contains(t, logs.String(), "does not match what was already received")
+			requireNoFills(t, b)
+			_, err := os.Stat(blobPath(b, d.Hex))
+			assert.ErrorIs(t, err, os.ErrNotExist, "B stored a blob from a mismatched take-over")
+			origin.flipAt.Store(-1)
+			o = fetchBlob(ctx, b.Addr(), "app", d, nil)
+			assert.True(t, o.complete() && o.digest == d.String(), "the next pull: %s", o)
 		})
 	}
 }

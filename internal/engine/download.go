@@ -107,7 +107,9 @@ func (f *fill) download(lock *fileLock) (err error) {
 			}
 			src = next
 			if (size >= 0 && src.size >= 0 && src.size != size) || !samePrefixFrom(src.body, r, n) {
-				return fmt.Errorf("blob %s: the next source does not match what was already received: not stored", f.dgst)
+				c.log.Warn("the next source of a blob does not match what was already received: abandoned, not stored; the next request fetches it again",
+					"digest", f.dgst, "from", src.name, "bytes", n)
+				return fmt.Errorf("blob %s: %s does not match what was already received: not stored", f.dgst, src.name)
 			}
 			progress = 0
 			continue
