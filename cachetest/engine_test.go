@@ -497,3 +497,40 @@ func (h onMessage) Handle(_ context.Context, r slog.Record) error {
 }
 func (h onMessage) WithAttrs([]slog.Attr) slog.Handler { return h }
 func (h onMessage) WithGroup(string) slog.Handler      { return h }
+
+// A process on the storage that holds a blob's download and stops making
+// progress (its upstream stalls past this process's patience; frozen, say)
+// keeps its lock: this process's clients get an error after twice its stall
+// timeout and the header timeout, it says why, and it does not fetch the
+// blob a second time beside the holder.
+func TestFollowerOfADownloadThatMakesNoProgressGivesUp(t *testing.T) {
+	up := newTestUpstream(t)
+	img, layer := bigImage(t, 2<<20, 31)
+	up.pushImage(t, "app:v1", img)
+	d := layerDigest(t, layer)
+	pause := make(chan struct{})
+	up.set(func(u *testUpstream) { u.pauseAfter, u.pause = 512<<10, pause })
+	storage := t.TempDir()
+	other, _ := startHelper(t, up.URL, storage) // the default 30s stall timeout
+	var logs strings.Builder
+	set := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test")), cache.WithStorageDir(storage),
+		cache.WithStallTimeout(200*time.Millisecond), cache.WithTimeouts(0, 300*time.Millisecond, 0), cache.WithLogger(newTextLogger(&logs)))
+	c := set.Cache("registry.test")
+	ctx := testCtx(t)
+
+	r1 := getBlob(ctx, t, other, "app", d)
+	_, err := io.ReadFull(r1.Body, make([]byte, 1024))
+	require.NoError(t, err)
+	o := fetchBlob(ctx, c.Addr(), "app", d, nil)
+	noWrongBody(t, o, d, "the follower's client")
+	assert.False(t, o.complete(), "the follower's client got a whole body from a download that stopped: %s", o)
+	assert.Contains(t, logs.String(), "made no progress")
+	assert.EqualValues(t, 1, up.blobGETs.Load(), "the follower fetched the blob beside the process holding its download")
+
+	close(pause) // the holder's upstream moves again: its download ends
+	_, err = io.Copy(io.Discard, r1.Body)
+	require.NoError(t, err)
+	o = fetchBlob(ctx, c.Addr(), "app", d, nil)
+	assert.True(t, o.complete() && o.digest == d.String(), "after the holder finished: %s", o)
+	assert.EqualValues(t, 1, up.blobGETs.Load(), "the holder's download serves this process too")
+}

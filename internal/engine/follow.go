@@ -57,6 +57,8 @@ func (f *fill) follow() (*fileLock, error) {
 			}
 		}
 		if time.Since(lastChange) > 2*f.c.cfg.StallTimeout+f.c.cfg.HeaderTimeout {
+			f.c.log.Warn("the download of a blob by another process on this storage made no progress: its clients here get an error; the process holding it still does",
+				"digest", f.dgst, "bytes", last, "for", time.Since(lastChange).Round(time.Millisecond))
 			return nil, &upstreamError{host: f.c.cfg.Host, status: http.StatusGatewayTimeout, code: "UNAVAILABLE",
 				msg: fmt.Sprintf("blob %s: the download by another process sharing this cache's storage made no progress for %s", f.dgst, time.Since(lastChange).Round(time.Second))}
 		}
