@@ -512,7 +512,7 @@ func TestFollowerOfADownloadThatMakesNoProgressGivesUp(t *testing.T) {
 	up.set(func(u *testUpstream) { u.pauseAfter, u.pause = 512<<10, pause })
 	storage := t.TempDir()
 	other, _ := startHelper(t, up.URL, storage) // the default 30s stall timeout
-	var logs strings.Builder
+	var logs lockedBuffer
 	set := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test")), cache.WithStorageDir(storage),
 		cache.WithStallTimeout(200*time.Millisecond), cache.WithTimeouts(0, 300*time.Millisecond, 0), cache.WithLogger(newTextLogger(&logs)))
 	c := set.Cache("registry.test")

@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -179,7 +178,7 @@ func TestCredentialsStayInside(t *testing.T) {
 	up := newTestUpstream(t)
 	img := up.push(t, "app:v1", 12)
 	up.set(func(u *testUpstream) { u.user, u.pass = "robot", password })
-	var logs strings.Builder
+	var logs lockedBuffer
 	u := up.upstream("registry.test")
 	u.Credentials = cache.BasicAuth("robot", password)
 	set := cachetest.New(t, cache.WithUpstreams(u), cache.WithLogger(newTextLogger(&logs)))
@@ -232,20 +231,10 @@ func cacheHandler(t *testing.T, set *cache.Set, host string) http.Handler {
 	return h
 }
 
-func newTextLogger(w *strings.Builder) *slog.Logger {
-	var mu sync.Mutex
-	return slog.New(slog.NewTextHandler(lockedWriter{w, &mu}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type lockedWriter struct {
-	w  *strings.Builder
-	mu *sync.Mutex
-}
-
-func (l lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
+// newTextLogger logs at debug level into w, which the test may read while
+// the caches still write.
+func newTextLogger(w *lockedBuffer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
 func fmtAll(v any) string { return fmt.Sprintf("%v %+v %#v %s", v, v, v, v) }
@@ -263,7 +252,7 @@ func TestCredentialHelperIsAskedAndNeverShown(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(bin, "docker-credential-pttest"), []byte(script), 0o755))
 	t.Setenv("PATH", bin+string(os.PathListSeparator)+os.Getenv("PATH"))
 
-	var logs strings.Builder
+	var logs lockedBuffer
 	u := up.upstream("registry.test")
 	u.Credentials = cache.FromCredentialHelper("pttest")
 	set := cachetest.New(t, cache.WithUpstreams(u), cache.WithLogger(newTextLogger(&logs)))

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"strings"
 	"testing"
 	"time"
 
@@ -271,7 +270,7 @@ func TestFleetTakeOverContinuesOnlyOnTheSameBytes(t *testing.T) {
 			origin.pause = make(chan struct{})
 			t.Cleanup(func() { close(origin.pause) })
 			origin.pauseAt.Store(768 << 10)
-			var logs strings.Builder
+			var logs lockedBuffer
 			aSet := fleetSet(t, origin, rd.Addr, s3srv.Addr)
 			a := aSet.Cache("registry.test")
 			b := fleetSet(t, origin, rd.Addr, s3srv.Addr, cache.WithLogger(newTextLogger(&logs))).Cache("registry.test")
