@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/pullthrough/pullthrough/internal/testnet"
+
 	"github.com/pullthrough/pullthrough/cache"
 	"github.com/pullthrough/pullthrough/provisioners"
 )
@@ -41,8 +43,9 @@ func bootSpec(b *testing.B, image string, i int) provisioners.Spec {
 		Name:          fmt.Sprintf("pt-bench-%d-%d", os.Getpid(), i),
 		ControlPlanes: knobs.ControlPlanes, Workers: knobs.Workers,
 		Image: image,
-		// A network of this package's own; the PID keeps two runs apart.
-		CIDR:     fmt.Sprintf("10.%d.%d.0/24", 90+os.Getpid()%10, i%250),
+		// A network of this package's own, held apart from other test
+		// processes' (testnet.Subnet).
+		CIDR:     testnet.Subnet(b, "10.90").String(),
 		StateDir: b.TempDir(),
 	}
 }
@@ -76,7 +79,7 @@ func benchBootQemu(b *testing.B, env *benchEnv) {
 		return provisioners.Spec{
 			Name:        fmt.Sprintf("pt-bq-%d-%d", os.Getpid()%100000, i),
 			Provisioner: provisioners.Qemu, ControlPlanes: knobs.ControlPlanes, Workers: knobs.Workers,
-			CIDR:     fmt.Sprintf("10.%d.%d.0/24", 100+os.Getpid()%10, i%250),
+			CIDR:     testnet.Subnet(b, "10.91").String(),
 			StateDir: dir,
 			Qemu:     q,
 		}

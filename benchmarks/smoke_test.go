@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pullthrough/pullthrough/internal/testnet"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -62,6 +64,6 @@ func TestBootBodySmoke(t *testing.T) {
 func bootSpecT(t *testing.T, image string) (s provisioners.Spec) {
 	return provisioners.Spec{
 		Name: fmt.Sprintf("pt-smoke-%d", os.Getpid()), ControlPlanes: 1, Workers: 1, Image: image,
-		CIDR: fmt.Sprintf("10.%d.251.0/24", 90+os.Getpid()%10), StateDir: t.TempDir(),
+		CIDR: testnet.Subnet(t, "10.92").String(), StateDir: t.TempDir(),
 	}
 }

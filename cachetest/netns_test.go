@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pullthrough/pullthrough/internal/testnet"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -47,9 +49,9 @@ func netns(t *testing.T) (hostIP, nsName, subnet string) {
 	id := os.Getpid() % 60000
 	nsName = fmt.Sprintf("pt-ns-%d", id)
 	host, peer := fmt.Sprintf("pth%d", id), fmt.Sprintf("ptn%d", id)
-	octet := 100 + id%150
-	hostIP = fmt.Sprintf("10.251.%d.1", octet)
-	subnet = fmt.Sprintf("10.251.%d.0/30", octet)
+	p := testnet.Subnet(t, "10.251").Addr() // a /24 of its own; the veth pair takes its first /30
+	hostIP = p.Next().String()
+	subnet = p.String() + "/30"
 	run := func(args ...string) {
 		out, err := exec.Command("ip", args...).CombinedOutput()
 		require.NoError(t, err, "ip %s: %s", strings.Join(args, " "), out)
@@ -61,7 +63,7 @@ func netns(t *testing.T) (hostIP, nsName, subnet string) {
 	run("link", "set", peer, "netns", nsName)
 	run("addr", "add", hostIP+"/30", "dev", host)
 	run("link", "set", host, "up")
-	run("netns", "exec", nsName, "ip", "addr", "add", fmt.Sprintf("10.251.%d.2/30", octet), "dev", peer)
+	run("netns", "exec", nsName, "ip", "addr", "add", p.Next().Next().String()+"/30", "dev", peer)
 	run("netns", "exec", nsName, "ip", "link", "set", peer, "up")
 	return hostIP, nsName, subnet
 }

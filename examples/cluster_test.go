@@ -44,7 +44,7 @@ func TestUpgrade(t *testing.T) {
 	image := fixtures.NewStandinImage(t)
 	ready := fixtures.StandinReady()
 	c := provisioners.New(t, provisioners.Spec{
-		Name: fmt.Sprintf("example-%d", os.Getpid()), ControlPlanes: 1, Workers: 1, CIDR: "10.77.0.0/24",
+		Name: fmt.Sprintf("example-%d", os.Getpid()), ControlPlanes: 1, Workers: 1, CIDR: fmt.Sprintf("10.77.%d.0/24", os.Getpid()%250), // any /24 free on the machine
 		Image: image,
 	}, provisioners.WithCaches(cachetest.Get(t)), provisioners.WithReadiness(ready))
 	if err := c.Wait(context.Background()); err != nil {

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pullthrough/pullthrough/internal/testnet"
+
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -113,13 +115,14 @@ func cacheUpstreams(ups *fixtures.Upstreams) []cache.Upstream {
 	return cu
 }
 
-// clusterSpec gives each test package run a name and network of its own.
-func clusterSpec(t *testing.T, suffix, image string, third int) provisioners.Spec {
+// clusterSpec gives each test a name and a network of its own (a /24 no
+// other test process holds, testnet.Subnet).
+func clusterSpec(t *testing.T, suffix, image string) provisioners.Spec {
 	return provisioners.Spec{
 		Name:          fmt.Sprintf("pt-prov-%d-%s", os.Getpid(), suffix),
 		ControlPlanes: 1, Workers: 1,
 		Image:    image,
-		CIDR:     fmt.Sprintf("10.79.%d.0/24", (os.Getpid()+third)%250),
+		CIDR:     testnet.Subnet(t, "10.79").String(),
 		StateDir: t.TempDir(),
 	}
 }
@@ -127,7 +130,7 @@ func clusterSpec(t *testing.T, suffix, image string, third int) provisioners.Spe
 func TestDockerClusterOfStandinsPullsThroughTheCaches(t *testing.T) {
 	w := newStandinWorld(t)
 	var log logBuffer
-	spec := clusterSpec(t, "pull", w.image, 0)
+	spec := clusterSpec(t, "pull", w.image)
 	ready := fixtures.StandinReady()
 	c := provisioners.New(t, spec, provisioners.WithCaches(w.caches), provisioners.WithLogger(log.logger()), provisioners.WithReadiness(ready))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -217,7 +220,7 @@ func assertNothingLeft(t *testing.T, cli *client.Client, spec provisioners.Spec)
 
 func TestLeftoversOfACrashedRunAreRemoved(t *testing.T) {
 	w := newStandinWorld(t)
-	spec := clusterSpec(t, "crash", w.image, 1)
+	spec := clusterSpec(t, "crash", w.image)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	// A run that "crashed": created, never destroyed.
@@ -243,7 +246,7 @@ func TestLeftoversOfACrashedRunAreRemoved(t *testing.T) {
 
 func TestMissingStandinImageIsNamed(t *testing.T) {
 	dockerenv.Require(t)
-	spec := clusterSpec(t, "noimage", fixtures.StandinRepository+":v1.13.0-missing", 2)
+	spec := clusterSpec(t, "noimage", fixtures.StandinRepository+":v1.13.0-missing")
 	spec.TalosVersion = provisioners.DefaultTalosVersion
 	_, err := provisioners.Create(context.Background(), spec)
 	require.Error(t, err)
@@ -273,7 +276,7 @@ func TestStrictBootWithAnImageMissingNamesIt(t *testing.T) {
 	strict := cachetest.New(t, cache.WithUpstreams(cu...), cache.WithStorageDir(storage), cache.WithMode(cache.Strict))
 	w.upstreams.ResetStats()
 	var log logBuffer
-	c := provisioners.New(t, clusterSpec(t, "strict", w.image, 2), provisioners.WithCaches(strict), provisioners.WithLogger(log.logger()),
+	c := provisioners.New(t, clusterSpec(t, "strict", w.image), provisioners.WithCaches(strict), provisioners.WithLogger(log.logger()),
 		provisioners.WithReadiness(fixtures.StandinReady()))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()

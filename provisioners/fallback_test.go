@@ -40,7 +40,7 @@ func TestDockerClusterPullsAreAttributedPerNodeWithOneFallingBack(t *testing.T) 
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = dockerenv.RemoveImage(context.Background(), cli, image) })
 
-	spec := clusterSpec(t, "fallback", image, 23)
+	spec := clusterSpec(t, "fallback", image)
 	// Talos numbers nodes from the gateway up, control planes first: the
 	// worker is the subnet's third address.
 	worker := netip.MustParsePrefix(spec.CIDR).Masked().Addr().Next().Next().Next().String()

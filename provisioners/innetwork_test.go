@@ -25,7 +25,7 @@ func TestInNetworkCachesBootWhenTheHostIsUnreachable(t *testing.T) {
 	defer cancel()
 	image, err := fixtures.BuildStandinImage(ctx, cli, provisioners.DefaultTalosVersion, nil)
 	require.NoError(t, err)
-	spec := clusterSpec(t, "innet", image, 11)
+	spec := clusterSpec(t, "innet", image)
 	rejectTCPFrom(t, spec.CIDR, "")
 
 	var log logBuffer

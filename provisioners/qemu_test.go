@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pullthrough/pullthrough/internal/testnet"
+
 	"github.com/siderolabs/talos/pkg/machinery/config/configloader"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -28,7 +30,7 @@ import (
 
 // standinQemuSpec is a qemu cluster of stand-in VMs on a network of this
 // package's own, or a skip (a failure under CI=true) naming what is missing.
-func standinQemuSpec(t *testing.T, suffix string, third int) provisioners.Spec {
+func standinQemuSpec(t *testing.T, suffix string) provisioners.Spec {
 	t.Helper()
 	q, err := provisioners.StandinQemu()
 	if err != nil {
@@ -40,14 +42,14 @@ func standinQemuSpec(t *testing.T, suffix string, third int) provisioners.Spec {
 	return provisioners.Spec{
 		Name:        fmt.Sprintf("pt-q-%d-%s", os.Getpid()%100000, suffix),
 		Provisioner: provisioners.Qemu, ControlPlanes: 1, Workers: 1,
-		CIDR:     fmt.Sprintf("10.78.%d.0/24", (os.Getpid()+third)%250),
+		CIDR:     testnet.Subnet(t, "10.78").String(),
 		StateDir: shortTempDir(t),
 		Qemu:     q,
 	}
 }
 
 func TestQemuClusterOfStandinVMsPullsThroughTheCaches(t *testing.T) {
-	spec := standinQemuSpec(t, "pull", 0)
+	spec := standinQemuSpec(t, "pull")
 	ups := fixtures.NewTalosUpstreams(t, provisioners.DefaultTalosVersion, fixtures.WithScale(0.002), fixtures.Unthrottled())
 	cu := cacheUpstreams(ups)
 	// The bridge appears only when the cluster is created: caches listen

@@ -26,7 +26,7 @@ func TestUnreachableMirrorFailsBeforeAnyNodeIsCreated(t *testing.T) {
 	require.NoError(t, err)
 	// A port this test holds and never answers on: connections are refused.
 	port := testnet.Refuse(t, bridge).Port()
-	spec := clusterSpec(t, "unreach", w.image, 5)
+	spec := clusterSpec(t, "unreach", w.image)
 	mirror := fmt.Sprintf("http://%s:%d", bridge, port)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -50,7 +50,7 @@ func TestUnreachableMirrorFailsBeforeAnyNodeIsCreated(t *testing.T) {
 // created behind them.
 func TestHostUnreachableFromTheClusterNetworkFailsFast(t *testing.T) {
 	w := newStandinWorld(t)
-	spec := clusterSpec(t, "fw", w.image, 7)
+	spec := clusterSpec(t, "fw", w.image)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	// By the network's subnet: the bridge exists only once the cluster's

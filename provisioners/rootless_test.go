@@ -33,7 +33,7 @@ func TestRootlessDockerClusterOfStandinsPullsThroughTheCaches(t *testing.T) {
 	require.NoError(t, err)
 
 	var log logBuffer
-	spec := clusterSpec(t, "rootless", image, 17)
+	spec := clusterSpec(t, "rootless", image)
 	ready := fixtures.StandinReady()
 	c := provisioners.New(t, spec, provisioners.WithCaches(caches), provisioners.WithReadiness(ready), provisioners.WithLogger(log.logger()))
 	require.NoError(t, c.Wait(ctx), "provisioner log:\n%s", log.String())

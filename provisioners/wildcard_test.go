@@ -22,7 +22,7 @@ import (
 func TestDockerClusterOfStandinsBootsThroughOneWildcardMirror(t *testing.T) {
 	w := newStandinWorld(t)
 	var log logBuffer
-	spec := clusterSpec(t, "wild", w.image, 3)
+	spec := clusterSpec(t, "wild", w.image)
 	ready := fixtures.StandinReady()
 	c := provisioners.New(t, spec, provisioners.WithCaches(w.caches), provisioners.WithSingleMirror(),
 		provisioners.WithSkipFallback(), provisioners.WithLogger(log.logger()), provisioners.WithReadiness(ready))
@@ -70,7 +70,7 @@ func TestDockerClusterOfStandinsBootsThroughOneWildcardMirror(t *testing.T) {
 // what that node reports it received, to the byte.
 func TestDockerClusterPullsAreAttributedPerNode(t *testing.T) {
 	w := newStandinWorld(t)
-	spec := clusterSpec(t, "attr", w.image, 9)
+	spec := clusterSpec(t, "attr", w.image)
 	spec.Workers = 2
 	ready := fixtures.StandinReady()
 	c := provisioners.New(t, spec, provisioners.WithCaches(w.caches), provisioners.WithReadiness(ready))

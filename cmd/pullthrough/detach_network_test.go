@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pullthrough/pullthrough/internal/testnet"
+
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/client"
 	"github.com/stretchr/testify/assert"
@@ -26,7 +28,7 @@ func TestDetachedOnAClusterNetworkAnswersThere(t *testing.T) {
 	// of this host is taken, so any fixed ones do.
 	_, _, name, common := detachWorld(t, cli, "pullthrough-net")
 	netName := fmt.Sprintf("pt-detnet-%d", os.Getpid())
-	cidr := fmt.Sprintf("10.86.%d.0/24", os.Getpid()%250)
+	cidr := testnet.Subnet(t, "10.86").String()
 	t.Cleanup(func() {
 		_, _ = cli.ContainerRemove(context.Background(), name, client.ContainerRemoveOptions{Force: true})
 		_, _ = cli.NetworkRemove(context.Background(), netName, client.NetworkRemoveOptions{})

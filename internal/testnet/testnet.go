@@ -7,10 +7,13 @@ package testnet
 
 import (
 	"fmt"
+	"math/bits"
 	"math/rand"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -226,4 +229,80 @@ func (r *Refusing) Listen() (net.Listener, error) {
 		f.Close() // FileListener holds a duplicate
 	})
 	return l, err
+}
+
+// Subnet reserves a /24 of the /16 that sixteen names (such as "10.79")
+// for a network the test makes (a Docker network, a cluster's bridge, a
+// veth pair): one that no route of this host overlaps, and that no other
+// test process on this machine holds. A flock on a file under
+// os.TempDir()/pullthrough-subnets is the hold, dropped when the test ends,
+// or when the process dies; packages running at once, and two clones' test
+// binaries, get different subnets.
+func Subnet(tb testing.TB, sixteen string) netip.Prefix {
+	tb.Helper()
+	base, err := netip.ParsePrefix(sixteen + ".0.0/16")
+	if err != nil || !base.Addr().Is4() {
+		tb.Fatalf("testnet.Subnet(%q): want the first two octets of an IPv4 /16, such as 10.79", sixteen)
+	}
+	dir := filepath.Join(os.TempDir(), "pullthrough-subnets")
+	if err := os.MkdirAll(dir, 0o777); err != nil {
+		tb.Fatalf("testnet.Subnet: %v", err)
+	}
+	_ = os.Chmod(dir, 0o1777) // any user's tests
+	routes := hostRoutes()
+	b := base.Addr().As4()
+	start := rand.Intn(256)
+	for i := range 256 {
+		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{b[0], b[1], byte((start + i) % 256), 0}), 24)
+		if overlapsAny(p, routes) {
+			continue
+		}
+		f, err := os.OpenFile(filepath.Join(dir, p.Addr().String()), os.O_RDWR|os.O_CREATE, 0o666)
+		if err != nil {
+			tb.Fatalf("testnet.Subnet: %v", err)
+		}
+		if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil {
+			f.Close()
+			continue
+		}
+		tb.Cleanup(func() { f.Close() })
+		return p
+	}
+	tb.Fatalf("testnet.Subnet: every /24 of %s is routed on this host or held by another test", base)
+	return netip.Prefix{}
+}
+
+func overlapsAny(p netip.Prefix, routes []netip.Prefix) bool {
+	for _, r := range routes {
+		if r.Bits() > 0 && r.Overlaps(p) {
+			return true
+		}
+	}
+	return false
+}
+
+// hostRoutes are the IPv4 routes of this host's network namespace
+// (/proc/net/route: every bridge a Docker network or cluster made has one).
+func hostRoutes() []netip.Prefix {
+	b, err := os.ReadFile("/proc/net/route")
+	if err != nil {
+		return nil
+	}
+	var out []netip.Prefix
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 8 {
+			continue
+		}
+		dst, err1 := strconv.ParseUint(f[1], 16, 32)
+		mask, err2 := strconv.ParseUint(f[7], 16, 32)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		// Little-endian words: the first octet is the lowest byte.
+		addr := netip.AddrFrom4([4]byte{byte(dst), byte(dst >> 8), byte(dst >> 16), byte(dst >> 24)})
+		ones := bits.OnesCount32(uint32(mask))
+		out = append(out, netip.PrefixFrom(addr, ones).Masked())
+	}
+	return out
 }

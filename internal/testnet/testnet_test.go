@@ -2,6 +2,7 @@ package testnet
 
 import (
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strconv"
@@ -75,4 +76,27 @@ func TestRefusingPortRefusesUntilItListens(t *testing.T) {
 	c.Close()
 	_, err = r.Listen()
 	assert.Error(t, err, "handed over twice")
+}
+
+// Two holds in one /16 are different /24s, neither routed here.
+func TestSubnetsAreHeldApartAndUnrouted(t *testing.T) {
+	a, b := Subnet(t, "10.249"), Subnet(t, "10.249")
+	assert.NotEqual(t, a, b)
+	for _, p := range []netip.Prefix{a, b} {
+		assert.Equal(t, 24, p.Bits())
+		assert.True(t, netip.MustParsePrefix("10.249.0.0/16").Contains(p.Addr()), "%s is outside 10.249.0.0/16", p)
+		assert.False(t, overlapsAny(p, hostRoutes()), "%s is routed on this host", p)
+	}
+	// The routes read back as the kernel's: every route's own first /24
+	// overlaps it, and nothing else does.
+	routes := hostRoutes()
+	require.NotEmpty(t, routes, "no IPv4 route on this host")
+	for _, r := range routes {
+		if r.Bits() == 0 || r.Bits() > 24 {
+			continue
+		}
+		assert.True(t, overlapsAny(netip.PrefixFrom(r.Addr(), 24), routes), "%s", r)
+		assert.True(t, r.Addr().IsPrivate() || r.Addr().IsGlobalUnicast(), "route %s does not look like an address (byte order?)", r)
+	}
+	t.Logf("routes: %v", routes)
 }
