@@ -207,3 +207,39 @@ func TestChainToRegistry2(t *testing.T) {
 	assert.Equal(t, digestOf(t, img), got)
 	assert.Positive(t, c.Endpoints()[0].Bytes, "registry:2 served as the tier")
 }
+
+// A tier that was down is tried again once its back-off has passed, and
+// serves again when it is back: the runner does not stay on the origin.
+func TestChainReturnsToATierThatCameBack(t *testing.T) {
+	origin := newTestUpstream(t)
+	const images = 40
+	for i := range images {
+		origin.push(t, fmt.Sprintf("app:v%d", i), int64(200+i))
+	}
+	down := testnet.Refuse(t, "127.0.0.1")
+	c := cachetest.New(t, cache.WithUpstreams(tierUpstream(origin, "http://"+down.Addr))).Cache("registry.test")
+	_, err := pull(testCtx(t), c, "app:v0")
+	require.NoError(t, err)
+	require.Zero(t, c.Endpoints()[0].Bytes, "a refusing tier served")
+
+	// The tier comes back on the same address: a cache in front of the origin.
+	tier := cachetest.New(t, cache.WithUpstreams(origin.upstream("registry.test"))).Cache("registry.test")
+	l, err := down.Listen()
+	require.NoError(t, err)
+	srv := &http.Server{Handler: tier.Handler()}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+
+	next := 1
+	require.Eventually(t, func() bool {
+		if next == images {
+			return false
+		}
+		_, err := pull(testCtx(t), c, fmt.Sprintf("app:v%d", next))
+		require.NoError(t, err)
+		next++
+		return c.Endpoints()[0].Bytes > 0
+	}, 20*time.Second, 100*time.Millisecond, "the tier was not used again after it came back")
+	t.Logf("the tier served again at pull %d", next-1)
+	assert.Positive(t, tier.Stats().ServedBytes)
+}

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 )
@@ -94,4 +95,24 @@ func TestOldLayoutDroppedOnlyInCachetestDirs(t *testing.T) {
 		_, statErr := os.Stat(old)
 		assert.Equal(t, dropped, os.IsNotExist(statErr), dir)
 	}
+}
+
+// An endpoint's back-off starts at a second, doubles with each failure up
+// to its cap, and a success ends it.
+func TestEndpointBackOffDoublesToItsCapAndASuccessEndsIt(t *testing.T) {
+	e := newEndpoint(&url.URL{Scheme: "http", Host: "tier.test:5000"})
+	assert.False(t, e.isDown())
+	var got []time.Duration
+	for range 7 {
+		e.markDown()
+		got = append(got, time.Duration(e.backoff.Load()))
+		assert.True(t, e.isDown())
+		left := time.Until(time.Unix(0, e.downUntil.Load()))
+		assert.InDelta(t, got[len(got)-1].Seconds(), left.Seconds(), 1, "down for the back-off from now")
+	}
+	assert.Equal(t, []time.Duration{minBackoff, 2 * minBackoff, 4 * minBackoff, 8 * minBackoff, 16 * minBackoff, maxBackoff, maxBackoff}, got)
+	e.markUp()
+	assert.False(t, e.isDown(), "still skipped after a success")
+	e.markDown()
+	assert.Equal(t, minBackoff, time.Duration(e.backoff.Load()), "the next failure after a success starts over")
 }
