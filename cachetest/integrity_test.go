@@ -306,3 +306,37 @@ func TestFleetTakeOverContinuesOnlyOnTheSameBytes(t *testing.T) {
 		})
 	}
 }
+
+// A manifest one instance of a fleet fetched by tag is served to the
+// others from the fleet's record, but never for longer than the tag TTL: a
+// fleet whose caches always ask upstream (a negative TTL) shares no tag.
+func TestFleetSharesATagNoLongerThanItsTagTTL(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		tagTTL   time.Duration
+		wantGETs int64
+	}{
+		{"default tag TTL", 0, 1},
+		{"always ask", -1, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rd, s3srv := fleettest.Redis(t), fleettest.S3(t)
+			origin := newFaultyUpstream(t)
+			img, _ := bigImage(t, 4<<10, 97)
+			origin.pushImage(t, "app:v1", img)
+			var opts []cache.Option
+			if tc.tagTTL != 0 {
+				opts = append(opts, cache.WithTagTTL(tc.tagTTL))
+			}
+			a := fleetSet(t, origin, rd.Addr, s3srv.Addr, opts...).Cache("registry.test")
+			b := fleetSet(t, origin, rd.Addr, s3srv.Addr, opts...).Cache("registry.test")
+			want := digestOf(t, img).String()
+			for _, c := range []*cache.Cache{a, b} {
+				status, got := manifestBodyDigest(t, c.Addr(), "app", "v1")
+				require.Equal(t, http.StatusOK, status)
+				assert.Equal(t, want, got)
+			}
+			assert.EqualValues(t, tc.wantGETs, origin.manifestGETs.Load(), "manifest GETs at the origin for one tag through two instances")
+		})
+	}
+}
