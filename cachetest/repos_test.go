@@ -310,3 +310,32 @@ func digestOfBytes(b []byte) string {
 	}
 	return h.String()
 }
+
+// A blob stored for another repository whose stored size is not what
+// upstream gives for this one is not served: it is removed and fetched.
+func TestBlobStoredForAnotherRepositoryWithTheWrongSizeIsFetchedAgain(t *testing.T) {
+	behind := newTestUpstream(t)
+	img := behind.push(t, "a:v1", 67)
+	behind.pushImage(t, "b:v1", img)
+	up := newScopedUpstream(t, behind)
+	c := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test"))).Cache("registry.test")
+	_, err := pull(testCtx(t), c, "a:v1")
+	require.NoError(t, err)
+	layers, err := img.Layers()
+	require.NoError(t, err)
+	d := layerDigest(t, layers[0])
+	path := blobPath(c, d.Hex)
+	st, err := os.Stat(path)
+	require.NoError(t, err)
+	require.NoError(t, os.Truncate(path, st.Size()/2))
+	up.reset()
+
+	o := fetchBlob(testCtx(t), c.Addr(), "b", d, nil)
+	assert.True(t, o.complete() && o.digest == d.String(), "through repository b: %s", o)
+	assert.Equal(t, 1, up.count("HEAD blob"), "upstream asked for b's size")
+	assert.Equal(t, 1, up.count("GET blob"), "the cut copy was fetched again")
+	waitStored(t, c, d)
+	st, err = os.Stat(path)
+	require.NoError(t, err)
+	assert.Equal(t, o.n, st.Size(), "the stored copy is whole again")
+}
