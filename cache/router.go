@@ -71,6 +71,7 @@ func (r *router) serve(w http.ResponseWriter, req *http.Request, own *Cache) {
 		ns := q.Get("ns")
 		target = r.byHost(strings.ToLower(ns), own)
 		if target == nil {
+			own.engine.Unrouted(req.RemoteAddr)
 			r.refuse(w, ns, own)
 			return
 		}

@@ -70,11 +70,18 @@ func TestOneEndpointRoutesByNamespaceAndPathPrefix(t *testing.T) {
 	assert.Positive(t, set.Cache("b.test").Stats().Hits)
 
 	before := a.total.Load() + b.total.Load()
+	requests := set.Total().Requests
 	resp, body = get(t, port+"/v2/lib/y/manifests/v1?ns=evil.example")
 	assert.Equal(t, http.StatusNotFound, resp.StatusCode)
 	assert.Contains(t, string(body), `registry \"evil.example\" is not cached here`)
 	assert.Contains(t, string(body), "--upstream evil.example=")
 	assert.Equal(t, before, a.total.Load()+b.total.Load(), "an unknown registry cost an upstream request")
+	// Counted as what it was, for the port's cache and for the client.
+	assert.EqualValues(t, 1, set.Cache("a.test").Stats().Unrouted)
+	assert.Zero(t, set.Cache("b.test").Stats().Unrouted)
+	assert.EqualValues(t, 1, set.Clients()["127.0.0.1"].Unrouted, "the client's refusals")
+	assert.Equal(t, requests, set.Total().Requests, "a refusal counted as a pull request")
+	assert.Contains(t, set.Total().String(), "1 for registries not cached here")
 
 	// The guide's port per upstream keeps working as before.
 	resp, _ = get(t, set.Cache("b.test").Endpoint()+"/v2/lib/y/manifests/v1")

@@ -63,11 +63,11 @@ ports: pullthrough up (with any --ports-from, --os-ports or --storage), up --det
 // printClients is status --clients: one line per cache and client address.
 func printClients(cmd *cobra.Command, out io.Writer, found []running) error {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "UPSTREAM\tADDRESS\tCLIENT\tREQUESTS\tHITS\tMISSES\tNOT CACHED\tSERVED")
+	fmt.Fprintln(tw, "UPSTREAM\tADDRESS\tCLIENT\tREQUESTS\tHITS\tMISSES\tNOT CACHED\tOTHER REGISTRY\tSERVED")
 	for _, r := range found {
 		per, err := clientStats(cmd.Context(), r.Addr)
 		if err != nil {
-			fmt.Fprintf(tw, "%s\t%s\t(%v)\t\t\t\t\t\n", r.Host, r.Addr, err)
+			fmt.Fprintf(tw, "%s\t%s\t(%v)\t\t\t\t\t\t\n", r.Host, r.Addr, err)
 			continue
 		}
 		ips := make([]string, 0, len(per))
@@ -77,7 +77,7 @@ func printClients(cmd *cobra.Command, out io.Writer, found []running) error {
 		sort.Strings(ips)
 		for _, ip := range ips {
 			s := per[ip]
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", r.Host, r.Addr, ip, s.Requests, s.Hits, s.Misses, s.NotCached, mb(s.ServedBytes))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\n", r.Host, r.Addr, ip, s.Requests, s.Hits, s.Misses, s.NotCached, s.Unrouted, mb(s.ServedBytes))
 		}
 	}
 	return tw.Flush()

@@ -69,6 +69,13 @@ var (
 	coalescedOf = func(c *counters) *atomic.Int64 { return &c.coalesced }
 )
 
+// Unrouted counts a request the set's router refused before it reached any
+// cache (a registry the set does not cache), for the cache and the client.
+func (c *Cache) Unrouted(remoteAddr string) {
+	c.stats.unrouted.Add(1)
+	c.clients.of(remoteAddr).unrouted.Add(1)
+}
+
 // note adds n to a counter of the cache and of the client w answers.
 func (c *Cache) note(w http.ResponseWriter, pick func(*counters) *atomic.Int64, n int64) {
 	pick(c.stats).Add(n)

@@ -20,6 +20,7 @@ var metricHelp = []struct {
 	{"pullthrough_misses_total", "Requests that needed content from upstream.", func(s Stats) int64 { return s.Misses }},
 	{"pullthrough_coalesced_total", "Misses that shared another request's upstream fetch.", func(s Stats) int64 { return s.Coalesced }},
 	{"pullthrough_not_cached_total", "Requests refused in strict mode.", func(s Stats) int64 { return s.NotCached }},
+	{"pullthrough_unrouted_total", "Requests for a registry this set does not cache, refused.", func(s Stats) int64 { return s.Unrouted }},
 	{"pullthrough_upstream_requests_total", "Requests sent upstream, token requests and redirects included.", func(s Stats) int64 { return s.UpstreamRequests }},
 	{"pullthrough_upstream_bytes_total", "Response body bytes received from upstream.", func(s Stats) int64 { return s.UpstreamBytes }},
 	{"pullthrough_served_bytes_total", "Response body bytes sent to clients.", func(s Stats) int64 { return s.ServedBytes }},

@@ -21,6 +21,11 @@ type Stats struct {
 	// NotCached counts requests refused in strict mode because the content was
 	// not in storage.
 	NotCached int64 `json:"not_cached"`
+	// Unrouted counts requests for a registry the set does not cache
+	// (containerd's ?ns= naming another registry, through one endpoint),
+	// refused with 404 without asking any upstream. Counted by the cache
+	// whose port received them.
+	Unrouted int64 `json:"unrouted"`
 	// UpstreamRequests is every request the cache sent to its upstream,
 	// including tag revalidations and authentication pings.
 	UpstreamRequests int64 `json:"upstream_requests"`
@@ -36,6 +41,7 @@ type Stats struct {
 
 type counters struct {
 	requests, hits, misses, coalesced, notCached atomic.Int64
+	unrouted                                     atomic.Int64
 	upstreamRequests, upstreamBytes, servedBytes atomic.Int64
 	rotten                                       atomic.Int64
 }
@@ -47,6 +53,7 @@ func (c *counters) snapshot() Stats {
 		Misses:           c.misses.Load(),
 		Coalesced:        c.coalesced.Load(),
 		NotCached:        c.notCached.Load(),
+		Unrouted:         c.unrouted.Load(),
 		UpstreamRequests: c.upstreamRequests.Load(),
 		UpstreamBytes:    c.upstreamBytes.Load(),
 		ServedBytes:      c.servedBytes.Load(),
@@ -67,6 +74,7 @@ func (s Stats) combine(o Stats, sign int64) Stats {
 		Misses:           s.Misses + sign*o.Misses,
 		Coalesced:        s.Coalesced + sign*o.Coalesced,
 		NotCached:        s.NotCached + sign*o.NotCached,
+		Unrouted:         s.Unrouted + sign*o.Unrouted,
 		UpstreamRequests: s.UpstreamRequests + sign*o.UpstreamRequests,
 		UpstreamBytes:    s.UpstreamBytes + sign*o.UpstreamBytes,
 		ServedBytes:      s.ServedBytes + sign*o.ServedBytes,
@@ -78,6 +86,9 @@ func (s Stats) combine(o Stats, sign int64) Stats {
 func (s Stats) String() string {
 	out := fmt.Sprintf("requests %d, hits %d, misses %d (%d coalesced), not cached %d, upstream %d requests %d bytes, served %d bytes",
 		s.Requests, s.Hits, s.Misses, s.Coalesced, s.NotCached, s.UpstreamRequests, s.UpstreamBytes, s.ServedBytes)
+	if s.Unrouted > 0 {
+		out += fmt.Sprintf(", %d for registries not cached here", s.Unrouted)
+	}
 	if s.Damaged > 0 {
 		out += fmt.Sprintf(", %d damaged and fetched again", s.Damaged)
 	}
