@@ -48,6 +48,18 @@ func layerDigest(tb testing.TB, l v1.Layer) v1.Hash {
 	return d
 }
 
+// pausedBlob is an upstream holding app:v1, one 2 MiB layer, whose next
+// blob GET sends 512 KiB and then waits for pause to close.
+func pausedBlob(tb testing.TB, seed int64) (*testUpstream, v1.Layer, chan struct{}) {
+	tb.Helper()
+	up := newTestUpstream(tb)
+	img, layer := bigImage(tb, 2<<20, seed)
+	up.pushImage(tb, "app:v1", img)
+	pause := make(chan struct{})
+	up.set(func(u *testUpstream) { u.pauseAfter, u.pause = 512<<10, pause })
+	return up, layer, pause
+}
+
 // getBlob starts a GET of a blob through a cache and returns the response.
 func getBlob(ctx context.Context, tb testing.TB, addr, repo string, d v1.Hash) *http.Response {
 	tb.Helper()
@@ -291,12 +303,8 @@ func startHelper(t *testing.T, upstreamURL, storage string) (addr string, cmd *e
 }
 
 func TestTwoProcessesOnOneStorageFetchEachBlobOnce(t *testing.T) {
-	up := newTestUpstream(t)
-	img, layer := bigImage(t, 2<<20, 26)
-	up.pushImage(t, "app:v1", img)
+	up, layer, pause := pausedBlob(t, 26)
 	d := layerDigest(t, layer)
-	pause := make(chan struct{})
-	up.set(func(u *testUpstream) { u.pauseAfter, u.pause = 512<<10, pause })
 	storage := t.TempDir()
 	other, _ := startHelper(t, up.URL, storage)
 	set := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test")), cache.WithStorageDir(storage))
@@ -428,13 +436,9 @@ func TestAFailedManifestFetchIsNotReplayedToTheNextRequest(t *testing.T) {
 }
 
 func TestKilledFetchingProcessIsTakenOver(t *testing.T) {
-	up := newTestUpstream(t)
-	img, layer := bigImage(t, 2<<20, 27)
-	up.pushImage(t, "app:v1", img)
+	up, layer, pause := pausedBlob(t, 27)
 	d := layerDigest(t, layer)
-	pause := make(chan struct{})
 	t.Cleanup(func() { close(pause) })
-	up.set(func(u *testUpstream) { u.pauseAfter, u.pause = 512<<10, pause })
 	storage := t.TempDir()
 	other, cmd := startHelper(t, up.URL, storage)
 	set := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test")), cache.WithStorageDir(storage))
@@ -504,12 +508,8 @@ func (h onMessage) WithGroup(string) slog.Handler      { return h }
 // timeout and the header timeout, it says why, and it does not fetch the
 // blob a second time beside the holder.
 func TestFollowerOfADownloadThatMakesNoProgressGivesUp(t *testing.T) {
-	up := newTestUpstream(t)
-	img, layer := bigImage(t, 2<<20, 31)
-	up.pushImage(t, "app:v1", img)
+	up, layer, pause := pausedBlob(t, 31)
 	d := layerDigest(t, layer)
-	pause := make(chan struct{})
-	up.set(func(u *testUpstream) { u.pauseAfter, u.pause = 512<<10, pause })
 	storage := t.TempDir()
 	other, _ := startHelper(t, up.URL, storage) // the default 30s stall timeout
 	var logs lockedBuffer

@@ -209,16 +209,12 @@ func TestColdBlobHEADFetchesNothing(t *testing.T) {
 // A range asked for while the blob is being fetched is served from that
 // download, once it is whole: the right bytes, and no second GET upstream.
 func TestRangeDuringAFillIsServedFromThatDownload(t *testing.T) {
-	up := newTestUpstream(t)
-	img, layer := bigImage(t, 2<<20, 53)
-	up.pushImage(t, "app:v1", img)
+	up, layer, pause := pausedBlob(t, 53)
 	d := layerDigest(t, layer)
 	rc, err := layer.Compressed()
 	require.NoError(t, err)
 	whole, err := io.ReadAll(rc)
 	require.NoError(t, err)
-	pause := make(chan struct{})
-	up.set(func(u *testUpstream) { u.pauseAfter, u.pause = 512<<10, pause })
 	c := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test"))).Cache("registry.test")
 	ctx := testCtx(t)
 

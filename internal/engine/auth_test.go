@@ -139,13 +139,21 @@ func (r *tokenRegistry) token(w http.ResponseWriter, req *http.Request) {
 
 func startAuthCache(t *testing.T, r *tokenRegistry, auth authn.Authenticator) *httptest.Server {
 	t.Helper()
+	_, srv := startAuthEngine(t, r, auth)
+	return srv
+}
+
+// startAuthEngine is startAuthCache with the engine, for tests that look
+// at its tokens.
+func startAuthEngine(t *testing.T, r *tokenRegistry, auth authn.Authenticator) (*Cache, *httptest.Server) {
+	t.Helper()
 	remote, err := url.Parse(r.srv.URL)
 	require.NoError(t, err)
 	c, err := New(context.Background(), Config{Host: "test.registry", Remote: remote, StorageDir: t.TempDir(), Auth: auth, TagTTL: -1})
 	require.NoError(t, err)
 	srv := httptest.NewServer(c)
 	t.Cleanup(func() { srv.Close(); c.Close() })
-	return srv
+	return c, srv
 }
 
 func getManifest(t *testing.T, srv *httptest.Server) (int, string) {
@@ -177,14 +185,7 @@ func TestAuthIdentityTokenIsExchangedByTheRefreshGrant(t *testing.T) {
 
 func TestAuthRefreshTokenRotatedByTheServerIsUsedNext(t *testing.T) {
 	r := newTokenRegistry(t, "refresh")
-	remote, err := url.Parse(r.srv.URL)
-	require.NoError(t, err)
-	c, err := New(context.Background(), Config{Host: "test.registry", Remote: remote, StorageDir: t.TempDir(),
-		Auth: authn.FromConfig(authn.AuthConfig{IdentityToken: "refresh-one-123456"}), TagTTL: -1})
-	require.NoError(t, err)
-	defer c.Close()
-	srv := httptest.NewServer(c)
-	defer srv.Close()
+	c, srv := startAuthEngine(t, r, authn.FromConfig(authn.AuthConfig{IdentityToken: "refresh-one-123456"}))
 	status, _ := getManifest(t, srv)
 	require.Equal(t, http.StatusOK, status)
 	// A new scope needs a new exchange, which only the rotated token passes.
@@ -225,14 +226,7 @@ func TestAuthWrongPasswordIsRefusedTruthfullyAndNeverEchoed(t *testing.T) {
 // floor would make a test of a minute).
 func TestAuthExpiredTokenIsFetchedAgain(t *testing.T) {
 	r := newTokenRegistry(t, "basic")
-	remote, err := url.Parse(r.srv.URL)
-	require.NoError(t, err)
-	c, err := New(context.Background(), Config{Host: "test.registry", Remote: remote, StorageDir: t.TempDir(),
-		Auth: &authn.Basic{Username: testUser, Password: testPassword}, TagTTL: -1})
-	require.NoError(t, err)
-	defer c.Close()
-	srv := httptest.NewServer(c)
-	defer srv.Close()
+	c, srv := startAuthEngine(t, r, &authn.Basic{Username: testUser, Password: testPassword})
 	status, _ := getManifest(t, srv)
 	require.Equal(t, http.StatusOK, status)
 	status, _ = getManifest(t, srv)
