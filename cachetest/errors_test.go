@@ -1,6 +1,7 @@
 package cachetest_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -143,4 +145,48 @@ func TestDiskFullIs507(t *testing.T) {
 	ents, err := os.ReadDir(dir)
 	require.NoError(t, err)
 	assert.NotEmpty(t, ents, fmt.Sprint("storage was used: ", ents))
+}
+
+// A manifest whose bytes are not what upstream says they are (a digest
+// header that does not match, a body that is not the digest asked for) or
+// that is larger than the spec's 4 MiB is refused with the spec's error and
+// not stored: the next request asks upstream again.
+func TestManifestThatDoesNotMatchItsDigestIsRefusedAndNotStored(t *testing.T) {
+	body := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:` + strings.Repeat("a", 64) + `","size":2},"layers":[]}`)
+	other := "sha256:" + strings.Repeat("b", 64)
+	big := append([]byte(`{"schemaVersion":2,"annotations":{"x":"`), bytes.Repeat([]byte("x"), 4<<20)...)
+	big = append(big, `"}}`...)
+	for _, tc := range []struct {
+		name, ref, header string
+		body              []byte
+		code              string
+	}{
+		{"digest header differs", "v1", other, body, "DIGEST_INVALID"},
+		{"body is not the digest asked for", other, "", body, "DIGEST_INVALID"},
+		{"larger than 4 MiB", "v1", "", big, "MANIFEST_INVALID"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var gets atomic.Int64
+			up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/v2/" {
+					return
+				}
+				gets.Add(1)
+				w.Header().Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+				if tc.header != "" {
+					w.Header().Set("Docker-Content-Digest", tc.header)
+				}
+				_, _ = w.Write(tc.body)
+			}))
+			t.Cleanup(up.Close)
+			c := cachetest.New(t, cache.WithUpstreams(cache.Upstream{Host: "registry.test", URL: up.URL})).Cache("registry.test")
+			for range 2 {
+				e, _ := getErr(t, c.Endpoint()+"/v2/app/manifests/"+tc.ref)
+				assert.Equal(t, http.StatusBadGateway, e.status)
+				assert.Equal(t, tc.code, e.code, e.msg)
+				assert.Contains(t, e.msg, "registry.test")
+			}
+			assert.EqualValues(t, 2, gets.Load(), "a refused manifest was stored: the second request did not ask upstream")
+		})
+	}
 }
