@@ -149,6 +149,13 @@ func (f *Fleet) Blob(ctx context.Context, d digest.Digest) (io.ReadCloser, int64
 			return nil, 0, false, fmt.Errorf("claiming %s in redis: %w", d, err)
 		}
 		if won {
+			// The holder may have stored the blob and released its claim
+			// between the look at the bucket above and this claim: look
+			// once more, or the origin is asked for a blob the fleet has.
+			if body, size, ok := f.stored(ctx, d); ok {
+				f.release(ctx, f.claimKey(d))
+				return body, size, true, nil
+			}
 			f.keepClaim(f.claimKey(d))
 			return nil, 0, false, nil
 		}
