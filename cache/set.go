@@ -54,7 +54,6 @@ type Cache struct {
 	maxConns int
 
 	closeOnce sync.Once
-	shutOnce  sync.Once // close runs once
 
 	mu         sync.Mutex
 	servers    []*http.Server
@@ -452,17 +451,14 @@ func remoteStats(hostPort string) (Stats, error) {
 	return s, json.NewDecoder(resp.Body).Decode(&s)
 }
 
-// close stops the cache; a second call waits for the first and does
-// nothing more (nil).
+// close stops the cache; a later call does nothing and returns nil.
 func (c *Cache) close() error {
 	first := false
-	c.shutOnce.Do(func() { first = true })
+	c.closeOnce.Do(func() { first = true; close(c.stop) })
+	c.wg.Wait()
 	if !first {
-		c.wg.Wait()
 		return nil
 	}
-	c.closeOnce.Do(func() { close(c.stop) })
-	c.wg.Wait()
 	var errs []error
 	// Let requests under way finish, briefly, so none reaches the engine
 	// after it closed; then drop whatever is left.
