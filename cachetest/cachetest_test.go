@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pullthrough/pullthrough/internal/testnet"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -129,7 +131,7 @@ func TestFailingStartLeavesNothingRunning(t *testing.T) {
 	for range 10 {
 		var ports []int
 		for range 7 {
-			ports = append(ports, drawPort(t))
+			ports = append(ports, testnet.DrawBase(1))
 		}
 		held, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(ports[3]))
 		if err != nil {

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"log"
-	"math/rand"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -21,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pullthrough/pullthrough/internal/testnet"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
@@ -219,7 +220,7 @@ func startFixedPort(tb testing.TB, up cache.Upstream, opts ...cache.Option) *cac
 	tb.Helper()
 	var lastErr error
 	for range 20 {
-		up.Port = drawPort(tb)
+		up.Port = testnet.DrawBase(1)
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		set, err := cache.Start(ctx, append([]cache.Option{cache.WithUpstreams(up), cache.WithFixedPorts(), cache.WithListenAddrs("127.0.0.1")}, opts...)...)
 		cancel()
@@ -243,19 +244,6 @@ func startFixedPort(tb testing.TB, up cache.Upstream, opts ...cache.Option) *cac
 	}
 	tb.Fatalf("no free fixed port in 20 draws: %v", lastErr)
 	return nil
-}
-
-// drawPort draws a port for a cache that binds a fixed one, below the
-// kernel's ephemeral range (see startFixedPort). It does not check the
-// port: the bind does, and callers draw again when it fails.
-func drawPort(tb testing.TB) int {
-	tb.Helper()
-	low := 32768
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		fmt.Sscan(string(b), &low)
-	}
-	require.Greater(tb, low, 12000, "the ephemeral port range starts too low to draw fixed ports below it")
-	return 10000 + rand.Intn(low-10000)
 }
 
 // noWrongBody fails the test for a client that read a whole body whose

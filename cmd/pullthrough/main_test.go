@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"math/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pullthrough/pullthrough/internal/testnet"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
@@ -94,20 +95,6 @@ func TestUsageErrors(t *testing.T) {
 	assert.Contains(t, r.stderr, "stdin line 2", "a bad reference names its line")
 }
 
-// drawBase draws n consecutive ports below the kernel's ephemeral range,
-// where no port the OS picks for others (listeners on :0, outgoing
-// connections) is. It does not check them: the child's own bind does, and
-// onDrawnPorts draws again when the child says a port is taken.
-func drawBase(t *testing.T, n int) int {
-	t.Helper()
-	low := 32768
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		fmt.Sscan(string(b), &low)
-	}
-	require.Greater(t, low, 12000+n, "the ephemeral port range starts too low to draw fixed ports below it")
-	return 10000 + rand.Intn(low-10000-n)
-}
-
 // onDrawnPorts calls start with drawn bases of n ports until what it
 // returns does not report a port in use (another program took one first),
 // ten draws at most. It returns the base and start's last output.
@@ -115,7 +102,7 @@ func onDrawnPorts(t *testing.T, n int, start func(base int) (output string)) (in
 	t.Helper()
 	var out string
 	for range 10 {
-		base := drawBase(t, n)
+		base := testnet.DrawBase(n) // the child's own bind checks them
 		if out = start(base); !strings.Contains(out, cache.ErrPortInUse.Error()) {
 			return base, out
 		}

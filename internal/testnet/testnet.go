@@ -1,8 +1,9 @@
 // Package testnet is what tests need of the network beyond a listener on
-// :0: servers of other programs started on a port of their own (drawn, and
-// drawn again when the bind fails, with readiness checked against the very
-// process started), and a port that refuses connections while the test
-// holds it. Tests only.
+// :0: fixed ports drawn where the OS hands none out, servers of other
+// programs started on one (drawn again when the bind fails, with readiness
+// checked against the very process started), a port that refuses
+// connections while the test holds it, and a /24 for a network the test
+// makes. Tests only.
 package testnet
 
 import (
@@ -22,16 +23,17 @@ import (
 	"time"
 )
 
-// DrawPort draws a port below the kernel's ephemeral range, where no port
-// the OS picks for others (listeners on :0, outgoing connections) is. It
-// does not check the port: the server's own bind does, and StartServer
-// draws again when that fails.
-func DrawPort() int {
+// DrawBase draws the first of n consecutive ports below the kernel's
+// ephemeral range, where no port the OS picks for others (listeners on :0,
+// outgoing connections) is. It does not check them: the bind of whatever
+// takes them does, and the caller draws again when that fails (as
+// StartServer does).
+func DrawBase(n int) int {
 	low := 32768
 	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
 		fmt.Sscan(string(b), &low)
 	}
-	return 10000 + rand.Intn(max(low-10000, 1000))
+	return 10000 + rand.Intn(max(low-10000-n, 1000))
 }
 
 // Server is a process the test started.
@@ -56,7 +58,7 @@ func StartServer(tb testing.TB, name string, args func(port int) []string, ready
 	tb.Helper()
 	var exits []string
 	for range 5 {
-		port := DrawPort()
+		port := DrawBase(1)
 		s, out := launch(tb, name, port, args(port))
 		if s.await(port, ready) {
 			tb.Cleanup(s.Stop)
