@@ -1,6 +1,7 @@
 package cachetest_test
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"net/http"
@@ -105,24 +106,38 @@ func do(t *testing.T, method, url string, header http.Header) (int, http.Header,
 
 const manifestAccept = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
 
+// pulledAsA is an image held by repositories a and b upstream (behind a
+// scoped upstream), pulled through a new cache as a:v1 only; the upstream's
+// counters start after that pull.
+func pulledAsA(t *testing.T, seed int64, opts ...cache.Option) (*scopedUpstream, *cache.Cache, v1.Image) {
+	t.Helper()
+	behind := newTestUpstream(t)
+	img := behind.push(t, "a:v1", seed)
+	behind.pushImage(t, "b:v1", img)
+	up := newScopedUpstream(t, behind)
+	c := cachetest.New(t, append([]cache.Option{cache.WithUpstreams(up.upstream("registry.test"))}, opts...)...).Cache("registry.test")
+	_, err := pull(testCtx(t), c, "a:v1")
+	require.NoError(t, err)
+	up.reset()
+	return up, c, img
+}
+
+// firstLayer is the digest of an image's first layer.
+func firstLayer(t *testing.T, img v1.Image) v1.Hash {
+	t.Helper()
+	layers, err := img.Layers()
+	require.NoError(t, err)
+	return layerDigest(t, layers[0])
+}
+
 // A blob stored for one repository is served for another only when
 // upstream confirms that one holds it: one HEAD, no bytes, then linked. A
 // repository upstream refuses gets the refusal, not the stored bytes; in
 // strict mode a repository it was never linked to is not served at all.
 func TestBlobStoredForAnotherRepositoryIsConfirmedByOneHEAD(t *testing.T) {
-	behind := newTestUpstream(t)
-	img := behind.push(t, "a:v1", 41)
-	behind.pushImage(t, "b:v1", img)
-	up := newScopedUpstream(t, behind)
 	storage := t.TempDir()
-	set := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test")), cache.WithStorageDir(storage))
-	c := set.Cache("registry.test")
-	_, err := pull(testCtx(t), c, "a:v1")
-	require.NoError(t, err)
-	layers, err := img.Layers()
-	require.NoError(t, err)
-	d := layerDigest(t, layers[0])
-	up.reset()
+	up, c, img := pulledAsA(t, 41, cache.WithStorageDir(storage))
+	d := firstLayer(t, img)
 
 	o := fetchBlob(testCtx(t), c.Addr(), "b", d, nil)
 	require.True(t, o.complete() && o.digest == d.String(), "through repository b: %s", o)
@@ -151,16 +166,8 @@ func TestBlobStoredForAnotherRepositoryIsConfirmedByOneHEAD(t *testing.T) {
 
 // The same for a manifest asked for by digest.
 func TestManifestByDigestStoredForAnotherRepositoryIsConfirmedByOneHEAD(t *testing.T) {
-	behind := newTestUpstream(t)
-	img := behind.push(t, "a:v1", 43)
-	behind.pushImage(t, "b:v1", img)
-	up := newScopedUpstream(t, behind)
-	set := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test")))
-	c := set.Cache("registry.test")
-	_, err := pull(testCtx(t), c, "a:v1")
-	require.NoError(t, err)
+	up, c, img := pulledAsA(t, 43)
 	d := digestOf(t, img).String()
-	up.reset()
 
 	accept := http.Header{"Accept": {manifestAccept}}
 	status, h, body := do(t, http.MethodGet, c.Endpoint()+"/v2/b/manifests/"+d, accept)
@@ -299,32 +306,21 @@ func TestManifestMislabelledUpstreamIsServedUnderItsOwnMediaType(t *testing.T) {
 	assert.Equal(t, 1, up.count("GET manifest"))
 }
 
+// digestOfBytes is the sha256 digest of a body.
 func digestOfBytes(b []byte) string {
-	h, _, err := v1.SHA256(strings.NewReader(string(b)))
-	if err != nil {
-		return ""
-	}
-	return h.String()
+	d, _, _ := readAllDigest(bytes.NewReader(b))
+	return d
 }
 
 // A blob stored for another repository whose stored size is not what
 // upstream gives for this one is not served: it is removed and fetched.
 func TestBlobStoredForAnotherRepositoryWithTheWrongSizeIsFetchedAgain(t *testing.T) {
-	behind := newTestUpstream(t)
-	img := behind.push(t, "a:v1", 67)
-	behind.pushImage(t, "b:v1", img)
-	up := newScopedUpstream(t, behind)
-	c := cachetest.New(t, cache.WithUpstreams(up.upstream("registry.test"))).Cache("registry.test")
-	_, err := pull(testCtx(t), c, "a:v1")
-	require.NoError(t, err)
-	layers, err := img.Layers()
-	require.NoError(t, err)
-	d := layerDigest(t, layers[0])
+	up, c, img := pulledAsA(t, 67)
+	d := firstLayer(t, img)
 	path := blobPath(c, d.Hex)
 	st, err := os.Stat(path)
 	require.NoError(t, err)
 	require.NoError(t, os.Truncate(path, st.Size()/2))
-	up.reset()
 
 	o := fetchBlob(testCtx(t), c.Addr(), "b", d, nil)
 	assert.True(t, o.complete() && o.digest == d.String(), "through repository b: %s", o)

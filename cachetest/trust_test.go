@@ -166,12 +166,12 @@ func TestOnlyPullsReachUpstream(t *testing.T) {
 		for _, m := range []string{http.MethodDelete, http.MethodPut, http.MethodPost, http.MethodPatch} {
 			for _, p := range []string{"/v2/app/manifests/v1", "/v2/app/blobs/uploads/", "/v2/../admin/x", "/admin"} {
 				req, _ := http.NewRequestWithContext(context.Background(), m, "http://127.0.0.1:"+strconv.Itoa(port)+p, strings.NewReader("{}"))
-				refused(t, client, req)
+				requireRefusal(t, client, req)
 			}
 		}
 		for _, p := range []string{"/v2/../admin/x", "/v2/app/../../admin/manifests/v1", "/admin", "/v2/_catalog"} {
 			req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, "http://127.0.0.1:"+strconv.Itoa(port)+p, nil)
-			refused(t, client, req)
+			requireRefusal(t, client, req)
 		}
 	}
 	mu.Lock()
@@ -179,9 +179,9 @@ func TestOnlyPullsReachUpstream(t *testing.T) {
 	assert.Empty(t, seen, "requests that reached upstream")
 }
 
-// refused sends req and requires an answer that refuses it (4xx): a port
+// requireRefusal sends req and requires an answer that refuses it (4xx): a port
 // that does not answer at all proves nothing.
-func refused(t *testing.T, client *http.Client, req *http.Request) {
+func requireRefusal(t *testing.T, client *http.Client, req *http.Request) {
 	t.Helper()
 	resp, err := client.Do(req)
 	if !assert.NoError(t, err, "%s %s", req.Method, req.URL) {

@@ -78,10 +78,13 @@ func StartServer(tb testing.TB, name string, args func(port int) []string, ready
 
 const startTimeout = 20 * time.Second
 
-func launch(tb testing.TB, name string, port int, args []string) (*Server, *lockedBuffer) {
+// launch starts the server. Its output is read only once it has exited
+// (exited is closed after Wait, which has copied all of it), so a plain
+// buffer does.
+func launch(tb testing.TB, name string, port int, args []string) (*Server, *strings.Builder) {
 	tb.Helper()
 	cmd := exec.Command(name, args...)
-	out := &lockedBuffer{}
+	out := &strings.Builder{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		tb.Fatalf("starting %s: %v", name, err)
@@ -149,24 +152,6 @@ func Listens(pid, port int) bool {
 func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return lines[len(lines)-1]
-}
-
-// lockedBuffer collects a child's output while the test reads it.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf strings.Builder
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // Refusing is a TCP port that refuses connections (nothing listens on it)
